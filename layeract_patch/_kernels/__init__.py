@@ -1,0 +1,74 @@
+"""Choosing the LayerAct implementation that runs: one dispatch for every fast path.
+
+Backends, each checked against `functional.la_reference` in the tests:
+  "torch"  eager PyTorch ops; any device (the fallback)
+  "cpu"    a fused per-sample C kernel, compiled at first use and cached (CPU tensors)
+  "triton" Triton kernels (CUDA tensors)
+"auto" (the default) takes the fast path of the tensor's device when it can be had and
+falls back to "torch" with one warning when it cannot. Force one with `set_backend(name)`
+or the environment variable LAYERACT_BACKEND.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from types import ModuleType
+from typing import Dict, Optional, Union
+
+import torch
+
+BACKENDS = ("auto", "torch", "cpu", "triton")
+_FAST_PATH = {"cpu": "cpu", "cuda": "triton"}
+_MODULE_OF = {"torch": "torch_ops", "cpu": "cpu_kernel", "triton": "triton_kernel"}
+_forced: Optional[str] = None
+_modules: Dict[str, Optional[ModuleType]] = {}
+_warned = set()
+
+
+def _check_name(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown LayerAct backend {name!r}; choose one of {BACKENDS}")
+    return name
+
+
+def set_backend(name: str = "auto") -> None:
+    """Force a backend for all LayerAct calls ("auto" restores the default choice)."""
+    global _forced
+    _forced = _check_name(name)
+
+
+def _requested() -> str:
+    if _forced is not None:
+        return _forced
+    return _check_name(os.environ.get("LAYERACT_BACKEND", "auto").strip().lower() or "auto")
+
+
+def _load(name: str, device: torch.device) -> Optional[ModuleType]:
+    """The backend module if it works on this device, else None (with one warning saying why)."""
+    key = f"{name}:{device.type}"
+    if key not in _modules:
+        module, why = None, None
+        try:
+            module = importlib.import_module(f".{_MODULE_OF[name]}", __name__)
+            if not module.available(device):
+                module, why = None, f"it does not run on {device.type} tensors"
+        except Exception as err:  # a missing compiler or Triton: fall back, say why once
+            why = f"{type(err).__name__}: {err}"
+        if module is None and name != "torch":
+            warnings.warn(f"layeract_patch: the {name!r} backend is unavailable ({why}); "
+                          f"using the slower eager 'torch' backend", RuntimeWarning, stacklevel=3)
+        _modules[key] = module
+    return _modules[key]
+
+
+def select(x: torch.Tensor) -> ModuleType:
+    requested = _requested()
+    name = _FAST_PATH.get(x.device.type, "torch") if requested == "auto" else requested
+    module = _load(name, x.device)
+    return module if module is not None else _load("torch", x.device)
+
+
+def backend(device: Union[str, torch.device] = "cpu") -> str:
+    """The name of the backend that LayerAct calls on `device` use now."""
+    return select(torch.empty(0, device=device)).NAME

@@ -1,0 +1,84 @@
+"""LayerAct as nn.Modules: LASiLU and LAHardSiLU, drop-in for nn.SiLU and nn.Hardswish."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .functional import DEFAULT_ALPHA, check_alpha, layer_act
+
+__all__ = ["LayerAct", "LASiLU", "LAHardSiLU"]
+
+
+class LayerAct(nn.Module):
+    """Base of the LayerAct modules; `kind` names the scale function.
+
+    Args:
+        alpha: added to the variance before the square root (the paper's 1e-5).
+        affine: learn a per-channel gain `weight` (ones) and `bias` (zeros) that the scale
+            function sees (g * n + b), acting along dim `start_dim` as GroupNorm's affine does
+            along dim 1, so one module serves any spatial size.
+        num_channels: the size of that dim; required with affine=True.
+        inplace: accepted and ignored (the input is needed for backward), so the class works
+            wherever timm or torchvision build activations with `act_layer(inplace=True)`.
+        start_dim: the first dim of "the layer": 1 (default, the paper's) normalizes all non-batch
+            dims together; -1 normalizes each token of an (N, L, D) tensor over D.
+    """
+
+    kind = "silu"
+
+    def __init__(self, alpha: float = DEFAULT_ALPHA, affine: bool = False, num_channels: Optional[int] = None,
+                 inplace: bool = False, start_dim: int = 1, device=None, dtype=None) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.alpha = check_alpha(alpha)
+        self.affine = bool(affine)
+        self.inplace = inplace
+        self.start_dim = int(start_dim)
+        if affine:
+            if num_channels is None or int(num_channels) <= 0:
+                raise ValueError(f"{name}(affine=True) needs num_channels, the size of dim {start_dim} of its input "
+                                 f"(e.g. {name}(affine=True, num_channels=64)); got {num_channels!r}")
+            self.num_channels = int(num_channels)
+            self.weight = nn.Parameter(torch.ones(self.num_channels, device=device, dtype=dtype))
+            self.bias = nn.Parameter(torch.zeros(self.num_channels, device=device, dtype=dtype))
+        else:
+            self.num_channels = None if num_channels is None else int(num_channels)
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def reset_parameters(self) -> None:
+        if self.affine:
+            nn.init.ones_(self.weight)
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.affine and x.dim() > 1:
+            channels = x.shape[self.start_dim] if -x.dim() <= self.start_dim < x.dim() else None
+            if channels != self.num_channels:
+                raise ValueError(f"{type(self).__name__} was built with num_channels={self.num_channels} but its input "
+                                 f"{tuple(x.shape)} has {channels} on dim {self.start_dim}; build it with "
+                                 f"num_channels={channels} (or convert with an example input so each call site gets "
+                                 f"its own size)")
+        return layer_act(x, self.kind, self.alpha, self.weight, self.bias, self.start_dim)
+
+    def extra_repr(self) -> str:
+        text = f"alpha={self.alpha}, affine={self.affine}"
+        if self.affine:
+            text += f", num_channels={self.num_channels}"
+        if self.start_dim != 1:
+            text += f", start_dim={self.start_dim}"
+        return text
+
+
+class LASiLU(LayerAct):
+    """LA-SiLU: x * sigmoid(n), n the input normalized over each sample's layer."""
+
+    kind = "silu"
+
+
+class LAHardSiLU(LayerAct):
+    """LA-HardSiLU: x * clamp(n / 6 + 1/2, 0, 1), n the input normalized over each sample's layer."""
+
+    kind = "hardsilu"
