@@ -1,0 +1,28 @@
+"""The README's two set-up commands are the ones CI runs, and its usage example runs."""
+import re
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_blocks(lang):
+    return re.findall(rf"```{lang}\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+
+
+def test_ci_runs_the_readme_commands():
+    ci_commands = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
+                   if line.startswith((".venv/", "python3 -m venv"))]
+    readme = "\n".join(readme_blocks("bash"))
+    assert len(ci_commands) == 2
+    for command in ci_commands:
+        assert command in readme, f"README lacks the CI command: {command}"
+
+
+def test_readme_python_examples_run():
+    blocks = readme_blocks("python")
+    assert blocks
+    for block in blocks:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exec(compile(block, "README.md", "exec"), {"__name__": "readme_example"})
