@@ -1,0 +1,342 @@
+"""The paper's balance study (Sec. 4.1, Fig. 2): does a sample's activation-scale sum follow its loss?
+
+MLPs of `depth` hidden layers (`width` units each, each followed by the activation, then a linear
+classifier) are trained on flattened images with the paper's MNIST schedule. At every epoch, and at
+the start and the end, the whole training set (or a fixed `eval_samples` subset of it) is passed
+through the model with a `ScaleMonitor` attached, and per activation layer the Pearson correlation
+between each sample's loss and its activation-scale sum is recorded, with the spread of those sums.
+
+The recipe `recipes/scale_correlation.py` is the command line; this module is everything it runs.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import statistics
+import tempfile
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..monitor import ScaleMonitor, pearson_per_layer
+from ..registry import create_act_layer, get_act_layer
+from ..training.data import load_images
+from ..training.progress import Progress
+
+__all__ = ["StudyConfig", "StudyData", "check_config", "load_study_data", "make_mlp", "train_and_measure",
+           "run_study", "summarize", "format_table", "write_csv", "plot_correlations", "CSV_COLUMNS"]
+
+CSV_COLUMNS = ("act", "width", "seed", "layer", "iteration", "epoch", "pearson",
+               "sum_mean", "sum_std", "sum_cv", "loss", "accuracy")
+COLORS = ("gray", "rgb")
+_EVAL_CHUNK = 8192
+
+
+@dataclass
+class StudyConfig:
+    """The paper's MNIST setting by default: 6,400 iterations of batch 128, SGD with momentum 0.9,
+    weight decay 1e-4, learning rate 0.01 divided by 10 at 3,200 and 4,800 (`milestones=None` puts
+    them at 50% and 75% of `max_iter`, so a shortened run keeps the schedule's shape)."""
+
+    data_dir: str
+    out: str = "runs/scale_correlation"
+    widths: Sequence[int] = (20, 40, 100)
+    acts: Sequence[str] = ("relu", "silu", "la_silu", "la_hardsilu")
+    seeds: Sequence[int] = (0, 1, 2)
+    max_iter: int = 6400
+    milestones: Optional[Sequence[int]] = None
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    depth: int = 4
+    eval_samples: Optional[int] = None
+    color: str = "gray"
+    device: str = "auto"
+    download: bool = False
+    dataset: str = "mnist"
+
+
+@dataclass
+class StudyData:
+    """Flattened training images (uint8 [N, D], on the device) with what is needed to feed them."""
+
+    pixels: Tensor
+    labels: Tensor
+    num_classes: int
+    mean: float
+    std: float
+    description: str
+    eval_index: Tensor
+
+    def inputs(self, index: Tensor) -> Tensor:
+        return (self.pixels[index].float().div_(255) - self.mean) / self.std
+
+
+def check_config(cfg: StudyConfig) -> StudyConfig:
+    """ValueError naming the bad setting and the fix; else a copy with device and milestones resolved."""
+    for act in cfg.acts:
+        get_act_layer(act)  # unknown names: ValueError listing the valid ones
+    if not cfg.acts or not cfg.widths or not cfg.seeds:
+        raise ValueError("give at least one activation (--acts), width (--widths) and seed (--seeds)")
+    if any(int(w) < 1 for w in cfg.widths):
+        raise ValueError(f"--widths must be positive unit counts, got {list(cfg.widths)}")
+    if cfg.max_iter < 1 or cfg.batch_size < 1 or cfg.depth < 1:
+        raise ValueError(f"--max-iter, --batch-size and the depth must be >= 1, got "
+                         f"{cfg.max_iter}, {cfg.batch_size}, {cfg.depth}")
+    if cfg.eval_samples is not None and cfg.eval_samples < 2:
+        raise ValueError(f"--eval-samples must be >= 2 (a correlation needs two samples), got {cfg.eval_samples}")
+    if cfg.color not in COLORS:
+        raise ValueError(f"unknown color mode {cfg.color!r}; choose one of {COLORS}")
+    if not Path(cfg.data_dir).expanduser().is_dir() and not cfg.download:
+        raise ValueError(f"data dir {cfg.data_dir!r} does not exist: point --data-dir at an ImageFolder root "
+                         f"(train/<class>/*) or a torchvision MNIST root, or add --download to fetch MNIST there")
+    milestones = cfg.milestones
+    if milestones is None:
+        milestones = (max(1, cfg.max_iter // 2), max(1, cfg.max_iter * 3 // 4))
+    milestones = tuple(sorted(int(m) for m in milestones))
+    if any(m < 1 for m in milestones):
+        raise ValueError(f"--milestones must be iterations >= 1, got {list(milestones)}")
+    return replace(cfg, milestones=milestones, device=_resolve_device(cfg.device))
+
+
+def _resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"unknown --device {name!r} ({err}); use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} asked for CUDA but torch sees no CUDA device; use --device cpu")
+    return str(device)
+
+
+def load_study_data(cfg: StudyConfig) -> StudyData:
+    """The training split as flat uint8 rows on cfg.device; RGB becomes grayscale unless cfg.color == "rgb"."""
+    from torchvision.transforms.v2.functional import rgb_to_grayscale
+
+    images, labels, classes = load_images(cfg.data_dir, cfg.dataset, train=True, download=cfg.download)
+    n, c, h, w = images.shape
+    if c == 3 and cfg.color == "gray":
+        images = rgb_to_grayscale(images)
+        how = "RGB converted to grayscale (ITU-R 601 luma)"
+    else:
+        how = "grayscale" if c == 1 else "RGB, flattened"
+    if n < cfg.batch_size:
+        raise ValueError(f"the training set has {n} images, fewer than one batch of {cfg.batch_size}; "
+                         f"lower --batch-size or add data")
+    pixels = images.reshape(n, -1)
+    # One mean/std over all pixels of this training set: the MLP sees every pixel as one feature scale.
+    unit = pixels.float().div_(255)
+    mean, std = unit.mean().item(), unit.std().clamp_min(1e-3).item()
+    del unit
+    eval_count = n if cfg.eval_samples is None else min(cfg.eval_samples, n)
+    # The same subset for every model, so their correlations are over the same samples.
+    eval_index = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:eval_count].sort().values
+    description = (f"{cfg.data_dir}: {n} training images, {how}, {h}x{w} -> {pixels.shape[1]} features, "
+                   f"{len(classes)} classes; correlations over {eval_count} training images")
+    device = torch.device(cfg.device)
+    return StudyData(pixels.to(device), labels.to(device), len(classes), mean, std, description,
+                     eval_index.to(device))
+
+
+def make_mlp(in_features: int, width: int, act: str, num_classes: int, depth: int = 4) -> nn.Sequential:
+    """`depth` hidden layers of `width` units, each followed by the activation `act` (named act1..actN)."""
+    layers = OrderedDict()
+    for i in range(1, depth + 1):
+        layers[f"fc{i}"] = nn.Linear(in_features if i == 1 else width, width)
+        layers[f"act{i}"] = create_act_layer(act)
+    layers["head"] = nn.Linear(width, num_classes)
+    return nn.Sequential(layers)
+
+
+@torch.no_grad()
+def _measure(model: nn.Module, data: StudyData) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
+    was_training = model.training
+    model.eval()
+    losses, correct = [], []
+    with ScaleMonitor(model) as monitor:
+        for index in data.eval_index.split(_EVAL_CHUNK):
+            logits = model(data.inputs(index))
+            losses.append(F.cross_entropy(logits, data.labels[index], reduction="none"))
+            correct.append(logits.argmax(1) == data.labels[index])
+    model.train(was_training)
+    return torch.cat(losses), torch.cat(correct), monitor.sums
+
+
+def _rows(act: str, width: int, seed: int, iteration: int, epoch: float, model: nn.Module,
+          data: StudyData) -> List[dict]:
+    losses, correct, sums = _measure(model, data)
+    pearson = pearson_per_layer(losses, sums)
+    loss, accuracy = losses.mean().item(), correct.float().mean().item()
+    rows = []
+    for layer, values in sums.items():
+        mean, std = values.mean().item(), values.std().item()
+        rows.append({"act": act, "width": width, "seed": seed, "layer": layer, "iteration": iteration,
+                     "epoch": round(epoch, 3), "pearson": pearson[layer], "sum_mean": mean, "sum_std": std,
+                     "sum_cv": std / mean if mean else math.nan, "loss": loss, "accuracy": accuracy})
+    return rows
+
+
+def train_and_measure(data: StudyData, act: str, width: int, seed: int, cfg: StudyConfig) -> List[dict]:
+    """Train one MLP with the configured schedule; one row per activation layer per measurement."""
+    torch.manual_seed(seed)
+    device = data.pixels.device
+    model = make_mlp(data.pixels.shape[1], width, act, data.num_classes, cfg.depth).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), gamma=0.1)
+    order = torch.Generator().manual_seed(seed)
+    n = data.pixels.shape[0]
+    per_epoch = n // cfg.batch_size  # the last partial batch is dropped: every step sees batch_size samples
+    rows = _rows(act, width, seed, 0, 0.0, model, data)
+    iteration = 0
+    with Progress(cfg.max_iter, desc=f"{act} width {width} seed {seed}") as progress:
+        while iteration < cfg.max_iter:
+            permutation = torch.randperm(n, generator=order).to(device)
+            for batch in permutation[:per_epoch * cfg.batch_size].view(per_epoch, cfg.batch_size):
+                loss = F.cross_entropy(model(data.inputs(batch)), data.labels[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                iteration += 1
+                if iteration % per_epoch == 0 or iteration == cfg.max_iter:
+                    rows += _rows(act, width, seed, iteration, iteration / per_epoch, model, data)
+                    progress.update(iteration, images=None, loss=rows[-1]["loss"], acc=rows[-1]["accuracy"])
+                if iteration == cfg.max_iter:
+                    break
+    return rows
+
+
+def write_csv(rows: Sequence[dict], path) -> Path:
+    """All rows to `path` (CSV_COLUMNS), written to a temp file and moved into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return statistics.fmean(kept) if kept else math.nan
+
+
+def summarize(rows: Sequence[dict]) -> List[dict]:
+    """Per (act, width), over seeds and layers: how far the correlations are from zero during training
+    (after the initial measurement), the signed correlation at the end, how much the scale sums differ
+    between samples (std / mean), the share of measurements where the sums were constant (r undefined),
+    and the final accuracy on the measured training images."""
+    groups = defaultdict(list)
+    for row in rows:
+        groups[(row["act"], row["width"])].append(row)
+    summary = []
+    for (act, width), group in groups.items():
+        last = max(r["iteration"] for r in group)
+        trained = [r for r in group if r["iteration"] > 0] or group
+        final = [r for r in group if r["iteration"] == last]
+        abs_r = [abs(r["pearson"]) for r in trained]
+        summary.append({
+            "act": act, "width": width, "seeds": len({r["seed"] for r in group}),
+            "mean_abs_r": _nanmean(abs_r),
+            "max_abs_r": max((v for v in abs_r if not math.isnan(v)), default=math.nan),
+            "final_r": _nanmean([r["pearson"] for r in final]),
+            "sum_cv": _nanmean([r["sum_cv"] for r in trained]),
+            "undefined": sum(math.isnan(v) for v in abs_r) / len(abs_r),
+            "final_accuracy": _nanmean(list({r["seed"]: r["accuracy"] for r in final}.values())),
+        })
+    return summary
+
+
+def format_table(summary: Sequence[dict]) -> str:
+    """A markdown table of `summarize` output."""
+    head = ("| act | width | seeds | mean abs r | max abs r | final r | scale-sum std/mean | r undefined "
+            "| final train acc |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines = [head]
+    for s in summary:
+        lines.append(f"| {s['act']} | {s['width']} | {s['seeds']} | {s['mean_abs_r']:.3f} | {s['max_abs_r']:.3f} "
+                     f"| {s['final_r']:+.3f} | {s['sum_cv']:.4f} | {s['undefined']:.0%} "
+                     f"| {s['final_accuracy']:.3f} |")
+    return "\n".join(lines)
+
+
+def plot_correlations(rows: Sequence[dict], path) -> Optional[Path]:
+    """Fig. 2-like: correlation over training, one panel per (act, layer), one line per (width, seed).
+    Returns None, writing nothing, when matplotlib is not installed (it is not a dependency)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    acts = list(dict.fromkeys(r["act"] for r in rows))
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    widths = sorted({r["width"] for r in rows})
+    lines = defaultdict(list)
+    for r in rows:
+        lines[(r["act"], r["layer"], r["width"], r["seed"])].append((r["epoch"], r["pearson"]))
+    fig, axes = plt.subplots(len(acts), len(layers), figsize=(3 * len(layers), 2.4 * len(acts)),
+                             sharex=True, sharey=True, squeeze=False)
+    colors = plt.get_cmap("viridis")
+    first_seed = min(r["seed"] for r in rows)
+    for (act, layer, width, seed), points in lines.items():
+        ax = axes[acts.index(act)][layers.index(layer)]
+        color = colors(widths.index(width) / max(len(widths) - 1, 1))
+        ax.plot(*zip(*sorted(points)), color=color, lw=1, alpha=0.8,
+                label=f"width {width}" if seed == first_seed else None)
+    for i, act in enumerate(acts):
+        for j, layer in enumerate(layers):
+            ax = axes[i][j]
+            ax.axhline(0.0, color="black", lw=0.5)
+            ax.set_ylim(-1, 1)
+            ax.set_title(f"{act}, {layer}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel("Pearson r (loss, scale sum)", fontsize=8)
+            if i == len(acts) - 1:
+                ax.set_xlabel("epoch", fontsize=8)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run_study(cfg: StudyConfig, data: StudyData, log: Callable[[str], None] = print) -> List[dict]:
+    """Every (act, width, seed) in turn; DIR/correlations.csv rewritten after each run, then the summary
+    table (printed and DIR/summary.md) and the plot (DIR/correlations.png, when matplotlib is there)."""
+    out = Path(cfg.out)
+    log(f"data: {data.description}")
+    rows: List[dict] = []
+    for act in cfg.acts:
+        for width in cfg.widths:
+            for seed in cfg.seeds:
+                rows += train_and_measure(data, act, int(width), int(seed), cfg)
+                write_csv(rows, out / "correlations.csv")
+    table = format_table(summarize(rows))
+    schedule = (f"{cfg.max_iter} iterations, batch {cfg.batch_size}, SGD lr {cfg.lr} momentum {cfg.momentum} "
+                f"wd {cfg.weight_decay}, lr /10 at {list(cfg.milestones)}; MLP of {cfg.depth} hidden layers")
+    text = f"data: {data.description}\nschedule: {schedule}\n\n{table}\n"
+    (out / "summary.md").write_text(text)
+    log(f"\n{text}")
+    plot = plot_correlations(rows, out / "correlations.png")
+    log(f"wrote {out / 'correlations.csv'}, {out / 'summary.md'}"
+        + (f", {plot}" if plot else " (no plot: matplotlib is not installed)"))
+    return rows

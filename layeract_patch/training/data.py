@@ -1,0 +1,222 @@
+"""Whole image data sets as one uint8 tensor: torchvision CIFAR/MNIST roots or an ImageFolder with train/ and test/.
+
+Decoding happens once, up front; the training loop then indexes and augments whole batches on the
+device (see augment.py), as airbench does, instead of running PIL transforms per image per epoch.
+
+CIFAR roots are read with our own reader of the pickle format rather than torchvision's class, which
+md5-checks every file on construction (slow, and it rejects any CIFAR-format set but the official one);
+torchvision is still what downloads them.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["DATASETS", "DATASET_STATS", "load_images", "stratified_split", "find_imagefolder", "dataset_stats"]
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+# Per-channel mean/std of each training set, in [0, 1] units (the usual published values).
+DATASET_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "mnist": ((0.1307,), (0.3081,)),
+}
+DATASETS = tuple(DATASET_STATS)
+
+# name -> (folder inside the root, train files, test files, meta file, label key, class-names key)
+_CIFAR_LAYOUT = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+                "batches.meta", "labels", "label_names"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", "fine_labels", "fine_label_names"),
+}
+
+Images = Tuple[Tensor, Tensor, List[str]]
+
+
+def load_images(data_dir, dataset: str = "cifar10", train: bool = True, download: bool = True,
+                image_size: Optional[int] = None) -> Images:
+    """Load one split as (images uint8 [N, C, H, W], labels int64 [N], class names).
+
+    `data_dir` is either an ImageFolder root (`train/<class>/*.jpg` and `test/<class>/*.jpg`, or `val/`
+    for the held-out split; grayscale images give C=1) or a torchvision root for `dataset`
+    (cifar10, cifar100, mnist), which is downloaded there when missing and `download` is set.
+    `image_size` resizes every image to a square of that side (needed when an ImageFolder's images
+    differ in size).
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
+    root = Path(data_dir).expanduser()
+    folder = find_imagefolder(root, train)
+    if folder is not None:
+        images, labels, classes = _load_imagefolder(root, folder, image_size)
+    else:
+        images, labels, classes = _load_torchvision(root, dataset, train, download)
+        if image_size is not None and tuple(images.shape[-2:]) != (image_size, image_size):
+            images = _resize(images, image_size)
+    return images, labels, classes
+
+
+def stratified_split(labels: Tensor, fraction: float, seed: int) -> Tuple[Tensor, Tensor]:
+    """Indices (train, held_out) with `fraction` of every class held out, chosen by `seed`; both sorted."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    generator = torch.Generator().manual_seed(int(seed))
+    held_out = []
+    for cls in torch.unique(labels).tolist():
+        members = (labels == cls).nonzero().flatten()
+        count = int(round(fraction * len(members)))
+        held_out.append(members[torch.randperm(len(members), generator=generator)[:count]])
+    held = torch.cat(held_out) if held_out else torch.empty(0, dtype=torch.long)
+    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask[held] = False
+    return mask.nonzero().flatten(), held.sort().values
+
+
+def find_imagefolder(root: Path, train: bool) -> Optional[Path]:
+    """The split folder of an ImageFolder root (train/, or test/ then val/), None if `root` is not one."""
+    names = ("train",) if train else ("test", "val")
+    for name in names:
+        split = Path(root) / name
+        if split.is_dir() and any(child.is_dir() for child in split.iterdir()):
+            return split
+    return None
+
+
+def _load_imagefolder(root: Path, split: Path, image_size: Optional[int]) -> Images:
+    # Class indices come from train/ (sorted, as torchvision's ImageFolder), so test/ labels agree with them
+    # even when the test split lacks a class.
+    train_split = find_imagefolder(root, train=True) or split
+    classes = sorted(entry.name for entry in train_split.iterdir() if entry.is_dir())
+    index = {name: i for i, name in enumerate(classes)}
+    files, labels = [], []
+    for entry in sorted(split.iterdir()):
+        if not entry.is_dir():
+            continue
+        if entry.name not in index:
+            raise ValueError(f"class folder {str(entry)!r} has no counterpart in {str(train_split)!r}; "
+                             f"train/ and test/ must hold the same class folders")
+        paths = sorted(p for p in entry.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
+        files += paths
+        labels += [index[entry.name]] * len(paths)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMG_EXTENSIONS)}) under {str(split)!r}; expected "
+                                f"{split}/<class>/<image>")
+    decoded = [_decode(path) for path in files]
+    channels = 3 if any(img.shape[0] == 3 for img in decoded) else 1
+    decoded = [img.expand(channels, -1, -1) if img.shape[0] != channels else img for img in decoded]
+    if image_size is not None:
+        decoded = [_resize(img[None], image_size)[0] for img in decoded]
+    sizes = {tuple(img.shape[-2:]) for img in decoded}
+    if len(sizes) > 1:
+        first = decoded[0].shape[-2:]
+        other = next(i for i, img in enumerate(decoded) if img.shape[-2:] != first)
+        raise ValueError(f"images under {str(split)!r} differ in size: {files[0]} is {tuple(first)}, {files[other]} "
+                         f"is {tuple(decoded[other].shape[-2:])}; pass image_size= to resize them to one size")
+    return torch.stack(decoded), torch.tensor(labels, dtype=torch.long), classes
+
+
+def _decode(path: Path) -> Tensor:
+    # PIL rather than torchvision.io, whose image decoders are deprecated since torchvision 0.29.
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            gray = image.mode in ("1", "L", "LA", "I", "I;16", "F")
+            array = np.array(image.convert("L" if gray else "RGB"))
+    except (OSError, UnidentifiedImageError) as err:
+        raise ValueError(f"cannot decode image {str(path)!r}: {err}") from err
+    tensor = torch.from_numpy(array)
+    return tensor[None] if gray else tensor.permute(2, 0, 1)
+
+
+def _resize(images: Tensor, size: int) -> Tensor:
+    resized = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear",
+                                              antialias=True, align_corners=False)
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _load_torchvision(root: Path, dataset: str, train: bool, download: bool) -> Images:
+    present = _cifar_present(root, dataset, train) if dataset in _CIFAR_LAYOUT else _mnist_present(root)
+    if not present:
+        what = (f"{_CIFAR_LAYOUT[dataset][0]}/" if dataset in _CIFAR_LAYOUT else "MNIST/raw/")
+        expected = (f"expected an ImageFolder root with train/<class>/ and test/<class>/, or a torchvision "
+                    f"{dataset} root holding {what}")
+        if not download:
+            state = "does not exist" if not root.exists() else "holds no usable data"
+            raise FileNotFoundError(f"data dir {str(root)!r} {state}; {expected}")
+        _download(root, dataset, expected)
+    if dataset in _CIFAR_LAYOUT:
+        return _read_cifar(root, dataset, train)
+    return _read_mnist(root, train)
+
+
+def _download(root: Path, dataset: str, expected: str) -> None:
+    import torchvision.datasets as tvd
+
+    cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "mnist": tvd.MNIST}[dataset]
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        cls(str(root), train=True, download=True)
+        cls(str(root), train=False, download=True)
+    except (OSError, RuntimeError) as err:  # URLError is an OSError; torchvision raises RuntimeError on bad md5
+        raise FileNotFoundError(f"no {dataset} data in {str(root)!r} and downloading it failed "
+                                f"({type(err).__name__}: {err}); without a network, copy the data there first "
+                                f"({expected})") from err
+
+
+def _cifar_present(root: Path, dataset: str, train: bool) -> bool:
+    folder, train_files, test_files, meta, *_ = _CIFAR_LAYOUT[dataset]
+    names = (train_files if train else test_files) + [meta]
+    return all((root / folder / name).is_file() for name in names)
+
+
+def _read_cifar(root: Path, dataset: str, train: bool) -> Images:
+    folder, train_files, test_files, meta, label_key, names_key = _CIFAR_LAYOUT[dataset]
+    arrays, labels = [], []
+    for name in train_files if train else test_files:
+        entry = _unpickle(root / folder / name)
+        arrays.append(torch.as_tensor(entry["data"], dtype=torch.uint8))
+        labels += list(entry[label_key])
+    classes = list(_unpickle(root / folder / meta)[names_key])
+    images = torch.cat(arrays).reshape(-1, 3, 32, 32)
+    return images.contiguous(), torch.tensor(labels, dtype=torch.long), classes
+
+
+def _unpickle(path: Path) -> dict:
+    # The CIFAR format is a pickle; only read roots you trust (torchvision's loader does the same).
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except (OSError, pickle.UnpicklingError, EOFError) as err:
+        raise ValueError(f"cannot read CIFAR file {str(path)!r} ({err}); re-download or re-extract it") from err
+
+
+_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                "t10k-labels-idx1-ubyte")
+
+
+def _mnist_present(root: Path) -> bool:
+    return all((root / "MNIST" / "raw" / name).is_file() for name in _MNIST_FILES)
+
+
+def _read_mnist(root: Path, train: bool) -> Images:
+    import torchvision.datasets as tvd
+
+    data = tvd.MNIST(str(root), train=train, download=False)
+    return data.data.unsqueeze(1).contiguous(), data.targets.long(), list(data.classes)
+
+
+def dataset_stats(dataset: str, images: Tensor) -> Tuple[Sequence[float], Sequence[float]]:
+    """Mean/std in [0, 1] units: the published values when they fit the images' channels, else measured."""
+    mean, std = DATASET_STATS.get(dataset, ((), ()))
+    if len(mean) == images.shape[1]:
+        return mean, std
+    pixels = images.transpose(0, 1).reshape(images.shape[1], -1).float().div_(255)
+    return tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).clamp_min(1e-3).tolist())
+

@@ -1,0 +1,68 @@
+"""results.json, CSV histories and the multi-seed summary in the paper's format (best / mean (std))."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, Iterable, List, Sequence
+
+__all__ = ["write_json", "write_csv", "summarize", "format_summary", "HIGHER_IS_BETTER"]
+
+# For "best": accuracies are maximised, losses (and their spread) minimised.
+HIGHER_IS_BETTER = {"top1": True, "top5": True, "loss": False, "loss_std": False}
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(data: dict, path) -> None:
+    _write_text(Path(path), json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(rows: Iterable[dict], path, columns: Sequence[str] = ()) -> None:
+    """Rows of dicts as CSV; the columns are `columns` then any other keys in first-seen order."""
+    rows = list(rows)
+    names: List[str] = list(columns)
+    for row in rows:
+        names += [key for key in row if key not in names]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=names, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_text(Path(path), buffer.getvalue())
+
+
+def summarize(runs: Sequence[Dict[str, float]]) -> Dict[str, Dict[str, float]]:
+    """{metric: {"best", "mean", "std", "n"}} over runs (std with n-1; 0 for a single run)."""
+    summary = {}
+    for metric, higher in HIGHER_IS_BETTER.items():
+        values = [run[metric] for run in runs if metric in run]
+        if not values:
+            continue
+        mean = sum(values) / len(values)
+        var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+        summary[metric] = {"best": max(values) if higher else min(values), "mean": mean, "std": math.sqrt(var),
+                           "n": len(values)}
+    return summary
+
+
+def format_summary(summary: Dict[str, Dict[str, float]], title: str = "test") -> str:
+    """One line per metric: `top1  91.25 / 91.02 (0.18)  best / mean (std) over 3 seeds`."""
+    lines = []
+    for metric, stats in summary.items():
+        lines.append(f"{title} {metric:<8} {stats['best']:8.4f} / {stats['mean']:8.4f} ({stats['std']:.4f})  "
+                     f"best / mean (std) over {stats['n']} seed{'s' if stats['n'] != 1 else ''}")
+    return "\n".join(lines)

@@ -1,0 +1,317 @@
+"""recipes/finetune.py: a saved timm / torchvision model -> LayerAct -> fine-tuned, on an ImageFolder built here."""
+import argparse
+import importlib.util
+import json
+import signal
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from layeract_patch import LAHardSiLU
+from layeract_patch.training import finetune as ft
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("finetune_recipe", ROOT / "recipes" / "finetune.py")
+recipe = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(recipe)
+
+COLORS = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]  # one class per dominant colour: learnable in a few steps
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Models this small gain nothing from a second thread, and on a busy machine OpenMP's waiting threads
+    # make every op many times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 8), ("val", 4)):
+        for index, color in enumerate(COLORS):
+            folder = root / split / f"class_{index}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(np.array(color) + rng.normal(0, 40, (40, 40, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def timm_weights(tmp_path_factory):
+    """A timm training checkpoint: DDP-prefixed state_dict next to the argparse.Namespace timm stores."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_efficientnet", num_classes=len(COLORS))
+    path = tmp_path_factory.mktemp("timm") / "checkpoint.pth.tar"
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
+                "args": argparse.Namespace(model="test_efficientnet")}, path)
+    return path, model.state_dict()
+
+
+@pytest.fixture(scope="module")
+def torchvision_weights(tmp_path_factory):
+    """A torchvision references checkpoint {'model': ...} with the 1000-class ImageNet head."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small()
+    path = tmp_path_factory.mktemp("tv") / "mobilenet_v3_small.pth"
+    torch.save({"model": model.state_dict(), "epoch": 0}, path)
+    return path, model.state_dict()
+
+
+def cli(*args, out=None):
+    argv = [str(a) for a in args] + (["--out", str(out)] if out is not None else [])
+    return recipe.run(argv + ["--workers", "0", "--img-size", "32", "--batch-size", "8"])
+
+
+def timm_args(image_root, timm_weights, *extra):
+    return ("--model", "timm/test_efficientnet", "--weights", timm_weights[0], "--data-dir", image_root,
+            "--lr", "3e-3", "--min-scale", "0.5") + extra
+
+
+def test_timm_checkpoint_is_converted_finetuned_and_reported(image_root, timm_weights, tmp_path, capsys):
+    import timm
+    from timm.data import create_transform, resolve_data_config
+    from torchvision.datasets import ImageFolder
+
+    out = tmp_path / "run"
+    assert cli(*timm_args(image_root, timm_weights, "--max-iter", "8"), out=out) == 0
+    results = json.loads((out / "results.json").read_text())
+    for key in ("original", "converted", "finetuned"):
+        assert set(results[key]) >= {"top1", "top5", "loss", "loss_std"}
+        assert 0 <= results[key]["top1"] <= 100 and results[key]["count"] == 12
+    assert results["classes"] == 3 and results["new_head"] is False and results["iterations"] == 8
+    assert results["conversion"]["swapped"] > 0 and "baseline" not in results
+
+    # "original" is the saved model, unconverted, on timm's own preprocessing for it.
+    model = timm.create_model("test_efficientnet", num_classes=3)
+    model.load_state_dict(timm_weights[1])
+    model.eval()
+    config = resolve_data_config({"input_size": (3, 32, 32)}, model=model)
+    data = ImageFolder(str(image_root / "val"), transform=create_transform(**config))
+    images = torch.stack([image for image, _ in data])
+    with torch.no_grad():
+        loss = nn.functional.cross_entropy(model(images), torch.tensor(data.targets)).item()
+    assert results["original"]["loss"] == pytest.approx(loss, rel=1e-5)
+    assert results["converted"]["loss"] != pytest.approx(loss, rel=1e-5)  # the swap changes the function
+    assert results["finetuned"]["loss"] < results["converted"]["loss"]  # and fine-tuning learns
+
+    saved = torch.load(out / "checkpoint_finetuned.pt", weights_only=False)
+    assert saved["iteration"] == 8
+    assert saved["model"].keys() == timm_weights[1].keys()  # affine=False adds nothing: weights stay portable
+    assert not torch.equal(saved["model"]["conv_stem.weight"], timm_weights[1]["conv_stem.weight"])
+    table = capsys.readouterr().out
+    assert all(row in table for row in ("original", "converted", "finetuned"))
+
+
+def test_torchvision_new_head_affine_conversion_and_baseline(image_root, torchvision_weights, tmp_path):
+    out = tmp_path / "run"
+    assert cli("--model", "torchvision/mobilenet_v3_small", "--weights", torchvision_weights[0],
+               "--data-dir", image_root, "--act", "la_hardsilu_affine", "--max-iter", "2", "--baseline", out=out) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["classes"] == 3 and results["new_head"] is True
+    assert {"original", "converted", "finetuned", "baseline"} <= set(results)
+
+    converted = torch.load(out / "checkpoint_finetuned.pt", weights_only=False)["model"]
+    baseline = torch.load(out / "checkpoint_baseline.pt", weights_only=False)["model"]
+    assert converted["classifier.3.weight"].shape == baseline["classifier.3.weight"].shape == (3, 1024)
+    original_keys = set(torchvision_weights[1])
+    assert set(baseline) == original_keys  # the baseline keeps its activations
+    affine = set(converted) - original_keys  # every converted site got its own LayerAct weight and bias
+    assert affine and all(key.endswith((".weight", ".bias")) for key in affine)
+
+
+def test_ctrl_c_saves_and_resume_matches_the_uninterrupted_run(image_root, timm_weights, tmp_path, monkeypatch,
+                                                               capsys):
+    args = timm_args(image_root, timm_weights, "--max-iter", "6", "--save-every", "100")
+    assert cli(*args, out=tmp_path / "whole") == 0
+
+    update = ft.Progress.update
+
+    def press_ctrl_c_after_step_3(self, step, **metrics):
+        update(self, step, **metrics)
+        if step == 3:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(ft.Progress, "update", press_ctrl_c_after_step_3)
+    assert cli(*args, out=tmp_path / "split") == 130
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "split" / "checkpoint_finetuned.pt", weights_only=False)["iteration"] == 3
+    assert "--resume" in capsys.readouterr().err
+    assert cli(*args, "--resume", out=tmp_path / "split") == 0
+
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+    split = json.loads((tmp_path / "split" / "results.json").read_text())
+    assert split["finetuned"] == whole["finetuned"]
+    assert split["history"] == whole["history"]
+
+    capsys.readouterr()
+    assert cli(*timm_args(image_root, timm_weights, "--max-iter", "6", "--lr", "1e-3"), "--resume",
+               out=tmp_path / "split") == 2
+    assert "other settings" in capsys.readouterr().err
+    assert cli(*args, out=tmp_path / "split") == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no library", "must name its library"),
+    ("unknown model", "unknown timm model"),
+    ("no data", "does not exist"),
+    ("no weights file", "does not exist"),
+    ("other architecture", "do not fit"),
+    ("nothing to resume", "no run to resume"),
+    ("batch too large", "fewer than --batch-size"),
+])
+def test_bad_input_is_one_error_line_and_exit_2(case, message, image_root, timm_weights, tmp_path, capsys):
+    flags = {"--model": "timm/test_efficientnet", "--weights": timm_weights[0], "--data-dir": image_root,
+             "--max-iter": 1, "--batch-size": 8, "--workers": 0, "--out": tmp_path / "out"}
+    flags.update({
+        "no library": {"--model": "test_efficientnet"},
+        "unknown model": {"--model": "timm/not_a_model_at_all"},
+        "no data": {"--data-dir": tmp_path / "missing"},
+        "no weights file": {"--weights": tmp_path / "missing.pth"},
+        "other architecture": {"--model": "torchvision/mobilenet_v3_small"},
+        "nothing to resume": {"--resume": None},
+        "batch too large": {"--batch-size": 32},  # 24 training images cannot fill one batch
+    }[case])
+    argv = [str(part) for flag, value in flags.items() for part in ((flag,) if value is None else (flag, value))]
+    assert recipe.run(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "error:" in err and message in err, err
+
+
+def test_flags_outside_the_choices_are_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        recipe.get_args_parser().parse_args(["--model", "timm/x", "--data-dir", "d", "--out", "o", "--act", "relu"])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit):
+        recipe.get_args_parser().parse_args(["--model", "timm/x", "--data-dir", "d", "--out", "o", "--epochs", "1",
+                                             "--max-iter", "5"])
+    assert "not allowed with" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        recipe.get_args_parser().parse_args(["--model", "timm/x", "--data-dir", "d", "--out", "o", "--model-kwargs",
+                                             "act"])
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_model_kwargs_reach_the_model_factory(timm_weights):
+    args = recipe.get_args_parser().parse_args(["--model", "timm/x", "--data-dir", "d", "--out", "o",
+                                                "--model-kwargs", "drop_rate=0.25", "act_layer=relu"])
+    assert args.model_kwargs == {"drop_rate": 0.25, "act_layer": "relu"}
+    model = ft.create_model("timm/test_efficientnet", timm_weights[0], **args.model_kwargs)
+    assert model.drop_rate == 0.25 and isinstance(model.bn1.act, nn.ReLU)
+    with pytest.raises(ValueError, match="does not take these options"):
+        ft.create_model("timm/test_efficientnet", timm_weights[0], no_such_option=1)
+
+
+def test_the_command_line_exits_2_with_one_line(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "recipes" / "finetune.py"), "--model", "resnet18",
+                             "--data-dir", str(tmp_path), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "error:" in result.stderr and "timm/<name>" in result.stderr
+
+
+def test_missing_pretrained_weights_offline_say_to_pass_a_file(monkeypatch):
+    import timm
+    import torchvision.models._api as tv_api
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", offline)
+    with pytest.raises(ValueError, match="--weights PATH"):
+        ft.create_model("torchvision/mobilenet_v3_small")
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: offline())
+    with pytest.raises(ValueError, match="--weights PATH"):
+        ft.create_model("timm/test_efficientnet")
+    monkeypatch.undo()
+    assert not timm.is_model_pretrained("lcnet_035")
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        ft.create_model("timm/lcnet_035")
+
+
+def test_load_weights_reads_the_usual_checkpoint_layouts(tmp_path):
+    plain = nn.Linear(2, 3).state_dict()
+    ema = {k: v + 1 for k, v in plain.items()}
+    layouts = {"plain": plain, "timm": {"state_dict": plain, "epoch": 1}, "torchvision": {"model": plain},
+               "ddp": {"state_dict": {f"module._orig_mod.{k}": v for k, v in plain.items()}},
+               "ema": {"state_dict": plain, "state_dict_ema": ema}}
+    for name, content in layouts.items():
+        torch.save(content, tmp_path / f"{name}.pth")
+        loaded = ft.load_weights(tmp_path / f"{name}.pth")
+        expected = ema if name == "ema" else plain  # timm's convention: the EMA weights when there are some
+        assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], expected[k]) for k in expected), name
+    from safetensors.torch import save_file
+
+    save_file(plain, tmp_path / "w.safetensors")
+    assert torch.equal(ft.load_weights(tmp_path / "w.safetensors")["weight"], plain["weight"])
+
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read weights file"):
+        ft.load_weights(tmp_path / "garbage.pth")
+    torch.save({"epoch": 3}, tmp_path / "empty.pth")
+    with pytest.raises(ValueError, match="holds no state_dict"):
+        ft.load_weights(tmp_path / "empty.pth")
+
+
+def test_new_heads_for_timm_and_torchvision_models():
+    import timm
+    import torchvision
+
+    model = timm.create_model("test_efficientnet")
+    ft.set_num_classes(model, 5)
+    assert model.num_classes == 5 and model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 5)
+
+    model = torchvision.models.mobilenet_v3_small()
+    assert ft.classifier_name(model) == "classifier.3" and ft.num_classes(model) == 1000
+    ft.set_num_classes(model, 7)
+    assert isinstance(model.classifier[3], nn.Linear) and model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+
+    with pytest.raises(ValueError, match="no nn.Linear classifier"):
+        ft.set_num_classes(torchvision.models.squeezenet1_1(), 7)
+
+
+def test_held_out_labels_follow_the_train_class_folders(tmp_path):
+    for split, classes in (("train", "abc"), ("test", "bc")):
+        for name in classes:
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(tmp_path / split / name / "0.png")
+    train, held_out = ft.image_folders(tmp_path)
+    assert held_out.targets == [1, 2] and held_out.classes == train.classes == ["a", "b", "c"]
+    (tmp_path / "test" / "z").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "test" / "z" / "0.png")
+    with pytest.raises(ValueError, match="missing from"):
+        ft.image_folders(tmp_path)
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    factor = ft.WarmupCosine(warmup=4, total=20)
+    values = [factor(step) for step in range(21)]
+    assert values[0] < values[1] < values[3] < values[4] == 1.0
+    assert all(a >= b for a, b in zip(values[4:], values[5:])) and values[20] == pytest.approx(0.0)
+
+
+def test_auto_maps_hard_swish_to_la_hardsilu():
+    to, affine = ft.conversion_target("auto")
+    assert to[nn.Hardswish] == "la_hardsilu" and to[nn.ReLU] == to[nn.SiLU] == "la_silu" and affine is False
+    assert ft.conversion_target("la_hardsilu_affine") == ("la_hardsilu", True)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Hardswish())
+    from layeract_patch.convert import convert_activations
+
+    assert isinstance(convert_activations(model, to=to)[1], LAHardSiLU)

@@ -1,0 +1,188 @@
+"""The CIFAR recipes end to end, run as a user runs them, on tiny data sets the tests build."""
+import csv
+import json
+import math
+import os
+import runpy
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from layeract_patch.models import cifar_resnet
+from layeract_patch.training import Progress
+from test_training import make_cifar_root, make_imagefolder
+
+ROOT = Path(__file__).resolve().parents[1]
+RESNET, CNN = ROOT / "recipes" / "cifar_resnet.py", ROOT / "recipes" / "cifar_cnn.py"
+SHORT = ["--max-iter", "8", "--batch-size", "8", "--eval-every", "4", "--log-every", "2", "--eval-batch-size", "16"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_imagefolder(tmp_path_factory.mktemp("imagefolder"), classes=3, per_class=(16, 6))
+
+
+def recipe(script, *args, capsys=None):
+    """Run a recipe file as `python script args...` would, in this process; returns (exit code, stdout, stderr)."""
+    argv = sys.argv
+    sys.argv = [script.name, *map(str, args)]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+        code = 0
+    except SystemExit as done:
+        code = done.code
+    finally:
+        sys.argv = argv
+    out, err = capsys.readouterr() if capsys else ("", "")
+    return code, out, err
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text())
+
+
+def load_weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_resnet_recipe_on_imagefolder_with_two_seeds(folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, _ = recipe(RESNET, "--depth", "8", "--data-dir", folder, "--out", out, "--seeds", "0", "1",
+                             *SHORT, capsys=capsys)
+    assert code == 0
+    results = read_json(out / "results.json")
+    assert results["model"] == "cifar_resnet8" and results["iterations"] == 8 and results["seeds"] == [0, 1]
+    assert set(results["test"]) == {"top1", "top5", "loss", "loss_std"}
+    per_seed = [read_json(out / f"seed_{s}" / "results.json") for s in (0, 1)]
+    for metric in ("top1", "loss", "loss_std"):
+        values = [run["test"][metric] for run in per_seed]
+        stats = results["summary"]["test"][metric]
+        assert stats["mean"] == pytest.approx(sum(values) / 2) == pytest.approx(results["test"][metric])
+        assert stats["best"] == (max(values) if metric == "top1" else min(values)) and stats["n"] == 2
+    assert 0 <= results["test"]["top1"] <= 100 and results["test"]["loss_std"] > 0
+    first = per_seed[0]
+    assert [row["iteration"] for row in first["history"]] == [4, 8]
+    assert [row["iteration"] for row in first["train_log"]] == [2, 4, 6, 8]
+    assert first["val"]["top1"] == max(row["val_top1"] for row in first["history"])
+    assert first["params"] == sum(p.numel() for p in cifar_resnet(8, num_classes=3).parameters())
+    with open(out / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["seed"], r["iteration"]) for r in rows] == [("0", "4"), ("0", "8"), ("1", "4"), ("1", "8")]
+    assert {"train_loss", "val_top1", "val_loss", "lr"} <= set(rows[0])
+    assert (out / "seed_1" / "train_log.csv").read_text().startswith("iteration,train_loss,lr")
+    assert "best / mean (std) over 2 seeds" in stdout
+
+
+def test_cnn_recipe_on_cifar_pickle_root_without_norm(tmp_path, capsys):
+    root = make_cifar_root(tmp_path / "cifar")
+    code, _, _ = recipe(CNN, "--data-dir", root, "--dataset", "cifar10", "--norm", "none", "--act",
+                        "la_hardsilu_affine", "--amp", "--channels-last", "--no-download", "--out", tmp_path / "run",
+                        "--max-iter", "3", "--batch-size", "8", "--eval-every", "3", "--val-fraction", "0",
+                        capsys=capsys)
+    assert code == 0
+    results = read_json(tmp_path / "run" / "results.json")
+    assert results["model"] == "layeract_cnn" and results["args"]["lr"] == 0.01  # the paper's rate without norm
+    run = read_json(tmp_path / "run" / "seed_0" / "results.json")
+    assert run["val"] is None and run["best_iteration"] == 3  # no validation split: the last weights are tested
+    assert all(math.isfinite(value) for value in run["test"].values())
+
+
+def test_ctrl_c_saves_and_resume_matches_uninterrupted_run(folder, tmp_path, capsys, monkeypatch):
+    args = ["--depth", "8", "--data-dir", folder, *SHORT]
+    assert recipe(RESNET, *args, "--out", tmp_path / "straight", capsys=capsys)[0] == 0
+
+    update = Progress.update
+
+    def ctrl_c_at_step_5(self, step, **kw):
+        update(self, step, **kw)
+        if step == 5:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(Progress, "update", ctrl_c_at_step_5)
+    code, _, err = recipe(RESNET, *args, "--out", tmp_path / "resumed", capsys=capsys)
+    assert code == 130 and "--resume" in err.splitlines()[-1]
+    checkpoint = torch.load(tmp_path / "resumed" / "seed_0" / "checkpoint.pt", weights_only=False)
+    assert checkpoint["step"] == 5 and not (tmp_path / "resumed" / "results.json").exists()
+    monkeypatch.undo()
+
+    code, _, err = recipe(RESNET, *args, "--out", tmp_path / "resumed", "--resume", capsys=capsys)
+    assert code == 0 and "resumed from" in err
+    straight, resumed = (load_weights(tmp_path / d / "seed_0" / "model.pt") for d in ("straight", "resumed"))
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+    a, b = (read_json(tmp_path / d / "seed_0" / "results.json") for d in ("straight", "resumed"))
+    assert a["test"] == b["test"] and a["val"] == b["val"] and a["train_log"] == b["train_log"]
+    drop_time = [{k: v for k, v in row.items() if k != "train_seconds"} for row in a["history"]]
+    assert drop_time == [{k: v for k, v in row.items() if k != "train_seconds"} for row in b["history"]]
+
+
+def test_resume_of_a_finished_run_and_its_guards(folder, tmp_path, capsys, monkeypatch):
+    args = ["--depth", "8", "--data-dir", folder, "--out", tmp_path / "run", *SHORT]
+    assert recipe(RESNET, *args, capsys=capsys)[0] == 0
+    before = read_json(tmp_path / "run" / "results.json")
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished seed must not train again")
+
+    monkeypatch.setattr("layeract_patch.training.loop.TrainBatches", no_training)
+    assert recipe(RESNET, *args, "--resume", capsys=capsys)[0] == 0
+    assert read_json(tmp_path / "run" / "results.json")["test"] == before["test"]
+
+    code, _, err = recipe(RESNET, *args, capsys=capsys)
+    assert code == 2 and "pass --resume" in err
+    code, _, err = recipe(RESNET, *args, "--resume", "--act", "silu", capsys=capsys)
+    assert code == 2 and "--act la_silu, not silu" in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--data-dir", "{tmp}/missing", "--no-download"], "data dir '{tmp}/missing' does not exist"),
+    (["--act", "gelu"], "unknown activation 'gelu'"),
+    (["--depth", "21"], "--depth must be 6n+2"),
+    (["--norm", "batch"], "unknown norm 'batch'"),
+    (["--seeds", "1", "1"], "--seeds must be distinct"),
+])
+def test_bad_input_is_one_error_line_and_exit_2(tmp_path, capsys, flags, message):
+    flags = [flag.format(tmp=tmp_path) for flag in flags]
+    code, out, err = recipe(RESNET, "--data-dir", tmp_path, "--no-download", *flags, "--out", tmp_path / "o",
+                            capsys=capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("cifar_resnet.py: error: ") and message.format(tmp=tmp_path) in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where CUDA is missing")
+def test_cuda_requested_without_cuda(folder, tmp_path, capsys):
+    code, _, err = recipe(CNN, "--data-dir", folder, "--device", "cuda", "--out", tmp_path, capsys=capsys)
+    assert code == 2 and "no CUDA device" in err
+
+
+def test_torchrun_two_processes_train_like_one(folder, tmp_path, capsys):
+    # With a per-sample norm ("ln") the two ranks' averaged gradients equal the one-process gradient, so the
+    # weights agree up to float summation order; each rank sees its half of the same augmented batch.
+    args = ["--depth", "8", "--norm", "ln", "--data-dir", str(folder), "--max-iter", "6", "--batch-size", "8",
+            "--eval-every", "3", "--log-every", "3", "--device", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(RESNET), *args, "--out", str(tmp_path / "ddp")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert recipe(RESNET, *args, "--out", tmp_path / "one", capsys=capsys)[0] == 0
+    ddp, one = (read_json(tmp_path / d / "seed_0" / "results.json") for d in ("ddp", "one"))
+    assert ddp["world_size"] == 2 and one["world_size"] == 1
+    assert [r["steps"] for r in ddp["train_log"]] == [3, 3]
+    a, b = (load_weights(tmp_path / d / "seed_0" / "model.pt") for d in ("ddp", "one"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+    assert ddp["test"]["top1"] == one["test"]["top1"]
+    assert result.stdout.count("results in") == 1  # only rank 0 reports (and writes)
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["history.csv", "results.json", "seed_0"]

@@ -1,0 +1,90 @@
+"""LayerAct inside timm: as a class (nothing to register) and by name (register_timm_activations)."""
+import warnings
+
+import pytest
+import timm
+import torch
+from timm.layers import create_act, get_act_fn, get_act_layer
+from torch import nn
+
+from layeract_patch.functional import la_reference
+from layeract_patch.modules import LAHardSiLU, LASiLU
+from layeract_patch.timm_compat import register_timm_activations, unregister_timm_activations
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Several test processes share few cores here; spinning OpenMP workers would make these tests 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def timm_tables():
+    """timm's name tables as they were before the test, restored after it whatever happens."""
+    tables = (create_act._ACT_LAYER_DEFAULT, create_act._ACT_FN_DEFAULT, create_act._ACT_LAYER_ME,
+              create_act._ACT_FN_ME)
+    saved = [dict(t) for t in tables]
+    yield saved
+    for table, before in zip(tables, saved):
+        table.clear()
+        table.update(before)
+
+
+def _train_step(model):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*backend is unavailable.*")
+        out = model(torch.randn(2, 3, 64, 64))
+        out.logsumexp(1).mean().backward()
+    assert torch.isfinite(out).all() and all(p.grad is not None for p in model.parameters())
+
+
+def test_create_model_with_the_class():
+    model = timm.create_model("resnet18", pretrained=False, act_layer=LASiLU)
+    reference = timm.create_model("resnet18", pretrained=False)
+    assert sum(isinstance(m, LASiLU) for m in model.modules()) == sum(isinstance(m, nn.ReLU) for m in reference.modules())
+    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+    model.load_state_dict(reference.state_dict(), strict=True)
+    _train_step(model)
+
+
+def test_names_need_registering_and_then_work(timm_tables):
+    with pytest.raises(KeyError):
+        timm.create_model("resnet18", pretrained=False, act_layer="la_silu")
+    assert register_timm_activations() == ("la_silu", "la_hardsilu")
+
+    model = timm.create_model("resnet18", pretrained=False, act_layer="la_silu")
+    relus = sum(isinstance(m, nn.ReLU) for m in timm.create_model("resnet18", pretrained=False).modules())
+    assert sum(isinstance(m, LASiLU) for m in model.modules()) == relus > 0
+    _train_step(model)
+    effnet = timm.create_model("efficientnet_b0", pretrained=False, act_layer="la_hardsilu")
+    assert isinstance(effnet.bn1.act, LAHardSiLU)
+    assert isinstance(effnet.blocks[1][0].se.gate, nn.Sigmoid)  # the gate keeps its own name, "sigmoid"
+
+    x = torch.randn(2, 5)
+    torch.testing.assert_close(get_act_fn("la_silu")(x, inplace=True), la_reference(x, "silu"))
+    torch.testing.assert_close(get_act_fn("la_hardsilu")(x), la_reference(x, "hardsilu"))
+
+
+def test_registering_changes_no_existing_name_and_is_idempotent(timm_tables):
+    layers_before, fns_before = timm_tables[0], timm_tables[1]
+    register_timm_activations()
+    register_timm_activations()
+    assert {k: v for k, v in create_act._ACT_LAYER_DEFAULT.items() if k in layers_before} == layers_before
+    assert {k: v for k, v in create_act._ACT_FN_DEFAULT.items() if k in fns_before} == fns_before
+    assert set(create_act._ACT_LAYER_DEFAULT) - set(layers_before) == {"la_silu", "la_hardsilu"}
+    assert get_act_layer("relu") is nn.ReLU and get_act_layer("la_silu") is LASiLU
+
+    unregister_timm_activations()
+    assert create_act._ACT_LAYER_DEFAULT == layers_before and create_act._ACT_FN_DEFAULT == fns_before
+
+
+def test_a_name_timm_already_uses_is_not_overridden(timm_tables):
+    create_act._ACT_LAYER_DEFAULT["la_hardsilu"] = nn.Hardswish
+    with pytest.raises(RuntimeError, match="already defines.*'la_hardsilu'"):
+        register_timm_activations()
+    assert "la_silu" not in create_act._ACT_LAYER_DEFAULT  # all or nothing
+    unregister_timm_activations()
+    assert create_act._ACT_LAYER_DEFAULT["la_hardsilu"] is nn.Hardswish  # not ours: left in place

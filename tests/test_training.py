@@ -1,0 +1,343 @@
+"""The training library piece by piece: checkpoints, progress, data loading, augmentation, batches, metrics."""
+import io
+import json
+import pickle
+import signal
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from layeract_patch.training import Progress, load_checkpoint, load_images, save_checkpoint, stratified_split
+from layeract_patch.training.augment import normalize, random_crop_flip
+from layeract_patch.training.data import dataset_stats
+from layeract_patch.training.interrupt import GracefulStop
+from layeract_patch.training.loader import TrainBatches
+from layeract_patch.training.metrics import evaluate
+from layeract_patch.training.plots import plot_losses
+from layeract_patch.training.results import format_summary, summarize, write_csv, write_json
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # The CI machine has 2 busy cores; OpenMP threads fighting over them make tiny ops 10x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---- tiny data sets, built by the tests (also used by test_recipes.py) ----
+
+def class_image(rng, cls, size=32, channels=3):
+    """Noise plus a bright band whose position depends on the class: learnable, not trivial."""
+    image = rng.integers(0, 120, (size, size, channels), dtype=np.uint8)
+    band = slice(4 * cls % (size - 6), 4 * cls % (size - 6) + 6)
+    image[band, :, :] += 120
+    return image[..., 0] if channels == 1 else image
+
+
+def make_imagefolder(root: Path, classes=3, per_class=(12, 4), size=32, gray=False, seed=0) -> Path:
+    """root/train/class_<c>/*.png|jpg and root/test/...; PNG and JPEG alternate."""
+    rng = np.random.default_rng(seed)
+    for split, count in zip(("train", "test"), per_class):
+        for cls in range(classes):
+            folder = root / split / f"class_{cls}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                image = Image.fromarray(class_image(rng, cls, size, 1 if gray else 3))
+                image.save(folder / (f"{i:03d}.png" if i % 2 else f"{i:03d}.jpg"), quality=95)
+    return root
+
+
+def make_cifar_root(root: Path, dataset="cifar10", per_file=6, test=10, seed=0) -> Path:
+    """The pickle layout torchvision downloads (cifar-10-batches-py/ or cifar-100-python/), tiny."""
+    rng = np.random.default_rng(seed)
+    classes = 10 if dataset == "cifar10" else 100
+    label_key = "labels" if dataset == "cifar10" else "fine_labels"
+
+    def batch(count):
+        labels = [int(x) for x in rng.integers(0, classes, count)]
+        data = np.stack([class_image(rng, c % 7).transpose(2, 0, 1).reshape(-1) for c in labels])
+        return {"data": data, label_key: labels, "batch_label": "test data"}
+
+    if dataset == "cifar10":
+        folder = root / "cifar-10-batches-py"
+        files = {f"data_batch_{i}": batch(per_file) for i in range(1, 6)}
+        files["test_batch"] = batch(test)
+        files["batches.meta"] = {"label_names": [f"name{i}" for i in range(10)], "num_vis": 3072}
+    else:
+        folder = root / "cifar-100-python"
+        files = {"train": batch(5 * per_file), "test": batch(test),
+                 "meta": {"fine_label_names": [f"fine{i}" for i in range(100)]}}
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        with open(folder / name, "wb") as f:
+            pickle.dump(content, f)
+    return root
+
+
+def make_mnist_root(root: Path, train=8, test=4, seed=0) -> Path:
+    """MNIST/raw/*-idx?-ubyte files in the big-endian IDX format torchvision reads."""
+    rng = np.random.default_rng(seed)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, count in (("train", train), ("t10k", test)):
+        images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, count, dtype=np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, count, 28, 28) + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, count) + labels.tobytes())
+    return root
+
+
+# ---- checkpoint ----
+
+def test_checkpoint_roundtrip_and_atomic_replace(tmp_path, monkeypatch):
+    path = tmp_path / "run" / "checkpoint.pt"
+    save_checkpoint({"step": 1, "w": torch.arange(3)}, path)
+    assert load_checkpoint(path)["step"] == 1
+
+    def crash(obj, f, *a, **k):
+        f.write(b"half a checkpoint")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    state = load_checkpoint(path)
+    assert state["step"] == 1 and torch.equal(state["w"], torch.arange(3))  # old file intact
+    assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint.pt"]  # no temp litter
+
+
+def test_checkpoint_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.pt"):
+        load_checkpoint(tmp_path / "nothing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="bad.pt.*corrupt"):
+        load_checkpoint(bad)
+
+
+# ---- progress ----
+
+def test_progress_plain_lines_when_not_a_terminal():
+    stream = io.StringIO()
+    bar = Progress(100, desc="seed 0", stream=stream, interval=3600)
+    for step in range(1, 101):
+        bar.update(step, images=128, loss=torch.tensor(2.5), lr=0.1)
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2  # the first and the last step; the interval hides the rest
+    assert lines[0].startswith("seed 0   1/100 loss=2.5 lr=0.1")
+    assert lines[1].startswith("seed 0 100/100 loss=2.5 lr=0.1") and "img/s" in lines[1]
+    assert "\r" not in stream.getvalue()
+
+
+def test_progress_bar_on_a_terminal():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    with Progress(10, stream=stream) as bar:
+        for step in range(1, 11):
+            bar.update(step, loss=1.0)
+    text = stream.getvalue()
+    assert text.startswith("\r[") and "10/10" in text and text.endswith("\n")
+    assert text.count("\n") == 1  # one line, redrawn in place
+
+
+# ---- data ----
+
+def test_imagefolder_rgb_png_and_jpeg(tmp_path):
+    root = make_imagefolder(tmp_path / "folder")
+    images, labels, classes = load_images(root, "cifar10", train=True)
+    assert images.dtype == torch.uint8 and images.shape == (36, 3, 32, 32)
+    assert classes == ["class_0", "class_1", "class_2"] and labels.tolist() == [0] * 12 + [1] * 12 + [2] * 12
+    png = np.array(Image.open(root / "train" / "class_1" / "001.png"))
+    assert torch.equal(images[13], torch.from_numpy(png).permute(2, 0, 1))  # files sorted; PNG is lossless
+    test_images, test_labels, _ = load_images(root, "cifar10", train=False)
+    assert test_images.shape == (12, 3, 32, 32) and test_labels.bincount().tolist() == [4, 4, 4]
+
+
+def test_imagefolder_grayscale_resize_and_errors(tmp_path):
+    root = make_imagefolder(tmp_path / "gray", gray=True, per_class=(2, 1))
+    images, _, _ = load_images(root, "mnist", train=True)
+    assert images.shape == (6, 1, 32, 32)
+    assert load_images(root, "mnist", train=True, image_size=16)[0].shape == (6, 1, 16, 16)
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(root / "train" / "class_0" / "odd.png")
+    with pytest.raises(ValueError, match="differ in size.*image_size"):
+        load_images(root, "mnist", train=True)
+    (root / "test" / "class_9").mkdir()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "test" / "class_9" / "x.png")
+    with pytest.raises(ValueError, match="class_9.*no counterpart"):
+        load_images(root, "mnist", train=False)
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_cifar_pickle_root(tmp_path, dataset):
+    root = make_cifar_root(tmp_path / dataset, dataset)
+    images, labels, classes = load_images(root, dataset, train=True, download=False)
+    assert images.shape == (30, 3, 32, 32) and images.dtype == torch.uint8 and labels.dtype == torch.int64
+    assert len(classes) == (10 if dataset == "cifar10" else 100)
+    folder = "cifar-10-batches-py/data_batch_1" if dataset == "cifar10" else "cifar-100-python/train"
+    with open(root / folder, "rb") as f:
+        first = pickle.load(f)
+    assert torch.equal(images[0], torch.from_numpy(first["data"][0]).view(3, 32, 32))  # CHW rows, as torchvision
+    assert load_images(root, dataset, train=False, download=False)[0].shape == (10, 3, 32, 32)
+
+
+def test_mnist_root(tmp_path):
+    images, labels, classes = load_images(make_mnist_root(tmp_path / "mnist"), "mnist", train=False, download=False)
+    assert images.shape == (4, 1, 28, 28) and labels.dtype == torch.int64 and len(classes) == 10
+
+
+def test_missing_data_errors(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="nowhere.*does not exist"):
+        load_images(tmp_path / "nowhere", "cifar10", download=False)
+    with pytest.raises(ValueError, match="unknown dataset 'svhn'"):
+        load_images(tmp_path, "svhn")
+    import torchvision.datasets
+    from urllib.error import URLError
+
+    def offline(*args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(FileNotFoundError, match="downloading it failed.*no network"):
+        load_images(tmp_path / "empty", "cifar10", download=True)
+
+
+def test_stratified_split():
+    labels = torch.arange(10).repeat_interleave(50)
+    train, val = stratified_split(labels, 0.1, seed=0)
+    assert labels[val].bincount().tolist() == [5] * 10
+    assert len(train) + len(val) == 500 and not set(train.tolist()) & set(val.tolist())
+    assert torch.equal(val, stratified_split(labels, 0.1, seed=0)[1])
+    assert not torch.equal(val, stratified_split(labels, 0.1, seed=1)[1])
+    assert len(stratified_split(labels, 0.0, seed=0)[1]) == 0
+    with pytest.raises(ValueError, match="fraction"):
+        stratified_split(labels, 1.0, seed=0)
+
+
+def test_dataset_stats_known_and_measured():
+    assert dataset_stats("cifar10", torch.zeros(2, 3, 4, 4, dtype=torch.uint8))[0][0] == pytest.approx(0.4914)
+    gray = torch.full((2, 1, 4, 4), 51, dtype=torch.uint8)
+    mean, std = dataset_stats("cifar10", gray)  # published stats do not fit one channel: measured instead
+    assert mean == pytest.approx((0.2,)) and std[0] > 0
+
+
+# ---- augmentation and batches ----
+
+def test_random_crop_flip_matches_per_image_crops():
+    images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    out = random_crop_flip(images, padding=2, generator=torch.Generator().manual_seed(0))
+    padded = F.pad(images, (2, 2, 2, 2))
+    seen_shift = seen_flip = False
+    for original, crop in zip(padded, out):
+        candidates = {(dy, dx, flip) for dy in range(5) for dx in range(5) for flip in (False, True)
+                      if torch.equal(crop, (lambda c: c.flip(-1) if flip else c)(original[:, dy:dy + 8, dx:dx + 8]))}
+        assert candidates, "every output must be a (flipped) 8x8 window of the zero-padded input"
+        seen_shift |= all((dy, dx) != (2, 2) for dy, dx, _ in candidates)
+        seen_flip |= all(flip for _, _, flip in candidates)
+    assert seen_shift and seen_flip
+    assert torch.equal(random_crop_flip(images, padding=0, flip=False), images)
+
+
+def test_normalize():
+    images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    out = normalize(images, mean, std, channels_last=True)
+    expected = (images.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(out, expected)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_train_batches_epochs_determinism_and_ranks():
+    # Each image holds its own index, so batches can be decoded back into indices.
+    ids = torch.arange(50)
+    images = ids.view(50, 1, 1, 1).expand(50, 1, 2, 2).to(torch.uint8).contiguous()
+    batches = TrainBatches(images, ids, 8, (0.0,), (1 / 255,), seed=3, padding=0, flip=False)
+
+    def indices(inputs):
+        return inputs[:, 0, 0, 0].round().long().tolist()
+
+    epoch = [i for step in range(6) for i in indices(batches(step)[0])]  # 50 // 8 = 6 full batches
+    assert len(set(epoch)) == 48
+    assert indices(batches(2)[0]) == indices(batches(2)[0]) and batches(2)[1].tolist() == indices(batches(2)[0])
+    assert indices(batches(6)[0]) != indices(batches(0)[0])  # a new permutation next epoch
+    aug = TrainBatches(images, ids, 8, (0.0,), (1 / 255,), seed=3)
+    halves = [TrainBatches(images, ids, 8, (0.0,), (1 / 255,), seed=3, rank=r, world_size=2) for r in (0, 1)]
+    whole = aug(7)[0]
+    assert torch.equal(halves[0](7)[0], whole[0::2]) and torch.equal(halves[1](7)[0], whole[1::2])
+    with pytest.raises(ValueError, match="divisible"):
+        TrainBatches(images, ids, 9, (0.0,), (1.0,), seed=0, world_size=2)
+
+
+# ---- metrics, results, plots, interrupt ----
+
+class FixedLogits(torch.nn.Module):
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x):
+        return self.logits[x[:, 0, 0, 0].round().long()]
+
+
+def test_evaluate_matches_hand_computation():
+    torch.manual_seed(0)
+    logits = torch.randn(23, 7)
+    labels = torch.randint(0, 7, (23,))
+    images = torch.arange(23).view(23, 1, 1, 1).to(torch.uint8)
+    result = evaluate(FixedLogits(logits), images, labels, (0.0,), (1 / 255,), batch_size=5)
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    top5 = (logits.topk(5, 1).indices == labels[:, None]).any(1).float().mean() * 100
+    assert result["top1"] == pytest.approx((logits.argmax(1) == labels).float().mean().item() * 100)
+    assert result["top5"] == pytest.approx(top5.item())
+    assert result["loss"] == pytest.approx(losses.mean().item(), rel=1e-5)
+    assert result["loss_std"] == pytest.approx(losses.std(unbiased=False).item(), rel=1e-4)
+    assert result["count"] == 23
+
+
+def test_summary_best_mean_std_and_files(tmp_path):
+    runs = [{"top1": 90.0, "loss": 0.3}, {"top1": 92.0, "loss": 0.4}, {"top1": 91.0, "loss": 0.2}]
+    summary = summarize(runs)
+    assert summary["top1"] == {"best": 92.0, "mean": 91.0, "std": 1.0, "n": 3}
+    assert summary["loss"]["best"] == 0.2  # lower is better for losses
+    assert "92.0000 /  91.0000 (1.0000)" in format_summary(summary)
+    write_csv([{"iteration": 1, "a": 2}, {"iteration": 2, "b": 3}], tmp_path / "h.csv", ("iteration",))
+    assert (tmp_path / "h.csv").read_text() == "iteration,a,b\n1,2,\n2,,3\n"
+    write_json({"x": 1}, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text()) == {"x": 1}
+
+
+RUNS = [{"seed": 0, "train_log": [{"iteration": 1, "train_loss": 2.0}, {"iteration": 2, "train_loss": 1.0}],
+         "history": [{"iteration": 2, "val_loss": 1.5}]}]
+
+
+def test_plot_skipped_without_matplotlib(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import now raises ImportError
+    assert plot_losses(RUNS, tmp_path / "loss.png") is None and not (tmp_path / "loss.png").exists()
+
+
+def test_plot_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = plot_losses(RUNS, tmp_path / "loss.png", title="t")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_graceful_stop_first_signal_sets_flag_second_interrupts():
+    previous = signal.getsignal(signal.SIGINT)
+    with GracefulStop() as stop:
+        signal.raise_signal(signal.SIGINT)
+        assert stop.requested and stop.should_stop(1)
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is previous
