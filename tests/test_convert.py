@@ -35,15 +35,6 @@ MODELS = {
 FUNCTIONAL_MODELS = ("tv_googlenet", "tv_densenet121")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Several test processes share few cores here; spinning OpenMP workers would make these tests 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def _quiet_backend_fallback():
     with warnings.catch_warnings():

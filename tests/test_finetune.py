@@ -25,16 +25,6 @@ _spec.loader.exec_module(recipe)
 COLORS = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]  # one class per dominant colour: learnable in a few steps
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Models this small gain nothing from a second thread, and on a busy machine OpenMP's waiting threads
-    # make every op many times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def image_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("images")

@@ -3,7 +3,6 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from layeract_patch import set_backend
 from layeract_patch.functional import la_hardsilu, la_reference, la_silu, layer_act

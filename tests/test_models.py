@@ -10,14 +10,6 @@ from layeract_patch.models import BasicBlock, CifarResNet, PaperCNN, cifar_resne
 from layeract_patch.registry import ACTIVATIONS
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def count(model, kind):
     return sum(isinstance(m, kind) for m in model.modules())
 

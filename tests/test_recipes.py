@@ -21,14 +21,6 @@ RESNET, CNN = ROOT / "recipes" / "cifar_resnet.py", ROOT / "recipes" / "cifar_cn
 SHORT = ["--max-iter", "8", "--batch-size", "8", "--eval-every", "4", "--log-every", "2", "--eval-batch-size", "16"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return make_imagefolder(tmp_path_factory.mktemp("imagefolder"), classes=3, per_class=(16, 6))

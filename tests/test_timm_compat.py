@@ -12,15 +12,6 @@ from layeract_patch.modules import LAHardSiLU, LASiLU
 from layeract_patch.timm_compat import register_timm_activations, unregister_timm_activations
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Several test processes share few cores here; spinning OpenMP workers would make these tests 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def timm_tables():
     """timm's name tables as they were before the test, restored after it whatever happens."""

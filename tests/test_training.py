@@ -1,6 +1,7 @@
 """The training library piece by piece: checkpoints, progress, data loading, augmentation, batches, metrics."""
 import io
 import json
+import os
 import pickle
 import signal
 import struct
@@ -21,15 +22,6 @@ from layeract_patch.training.loader import TrainBatches
 from layeract_patch.training.metrics import evaluate
 from layeract_patch.training.plots import plot_losses
 from layeract_patch.training.results import format_summary, summarize, write_csv, write_json
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The CI machine has 2 busy cores; OpenMP threads fighting over them make tiny ops 10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---- tiny data sets, built by the tests (also used by test_recipes.py) ----
@@ -113,6 +105,17 @@ def test_checkpoint_roundtrip_and_atomic_replace(tmp_path, monkeypatch):
     state = load_checkpoint(path)
     assert state["step"] == 1 and torch.equal(state["w"], torch.arange(3))  # old file intact
     assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint.pt"]  # no temp litter
+
+
+def test_atomically_written_files_get_the_usual_permissions(tmp_path):
+    old_mask = os.umask(0o022)
+    try:
+        save_checkpoint({"step": 1}, tmp_path / "checkpoint.pt")
+        write_json({"a": 1}, tmp_path / "results.json")
+    finally:
+        os.umask(old_mask)
+    for name in ("checkpoint.pt", "results.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
 
 
 def test_checkpoint_errors_name_the_file(tmp_path):

@@ -10,11 +10,8 @@ The recipe `recipes/scale_correlation.py` is the command line; this module is ev
 """
 from __future__ import annotations
 
-import csv
 import math
-import os
 import statistics
-import tempfile
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +23,7 @@ from torch import Tensor, nn
 
 from ..monitor import ScaleMonitor, pearson_per_layer
 from ..registry import create_act_layer, get_act_layer
+from ..training import results
 from ..training.data import load_images
 from ..training.progress import Progress
 
@@ -217,20 +215,9 @@ def train_and_measure(data: StudyData, act: str, width: int, seed: int, cfg: Stu
 
 
 def write_csv(rows: Sequence[dict], path) -> Path:
-    """All rows to `path` (CSV_COLUMNS), written to a temp file and moved into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    """All rows to `path` (CSV_COLUMNS first), written to a temp file and moved into place."""
+    results.write_csv(rows, path, columns=CSV_COLUMNS)
+    return Path(path)
 
 
 def _nanmean(values: Sequence[float]) -> float:

@@ -1,39 +1,53 @@
 """Checkpoints that survive a crash mid-write: temp file in the same directory, fsync, os.replace."""
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import IO, Iterator, Union
 
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint"]
+__all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "get_rng_state", "set_rng_state"]
 
 PathLike = Union[str, os.PathLike]
 
 
-def save_checkpoint(state: dict, path: PathLike) -> Path:
-    """Write `state` with torch.save so that `path` holds either the old or the new file, never half of one."""
+@contextlib.contextmanager
+def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temp file beside `path`; on success it replaces `path`, so readers see the old or the new file.
+
+    On any error (Ctrl-C, a full disk) the previous file stays as it was and the temp file is removed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Same directory as the target: os.replace is only atomic within one file system.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        # Ctrl-C or a full disk mid-write: leave the previous checkpoint as it was, and no litter.
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
-    return path
+
+
+def save_checkpoint(state: dict, path: PathLike) -> Path:
+    """Write `state` with torch.save so that `path` holds either the old or the new file, never half of one."""
+    with atomic_write(path) as f:
+        torch.save(state, f)
+    return Path(path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_checkpoint(path: PathLike, map_location="cpu") -> dict:
@@ -64,3 +78,17 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def get_rng_state() -> dict:
+    """The RNG states a resumed run must restore to continue exactly (CPU, and CUDA once initialised)."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])

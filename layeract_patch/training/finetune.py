@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, TextIO, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from .data import find_imagefolder
 from .interrupt import GracefulStop
+from .metrics import batch_scores, summarize_scores
 from .progress import Progress
 from .results import write_json
 
@@ -404,18 +404,10 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: Optional
             images = images.contiguous(memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = _logits(model(images)).float()
-        losses = F.cross_entropy(logits, targets, reduction="none").double()
-        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == targets[:, None]
-        totals += torch.stack([losses.sum(), losses.square().sum(), hits[:, 0].sum().double(),
-                               hits.any(dim=1).sum().double(), losses.new_tensor(len(targets))])
+            logits = _logits(model(images))
+        totals += batch_scores(logits, targets)
     model.train(was_training)
-    loss_sum, loss_sq, top1, top5, count = totals.tolist()
-    if count == 0:
-        raise ValueError("the held-out split holds no images")
-    mean_loss = loss_sum / count
-    return {"top1": 100.0 * top1 / count, "top5": 100.0 * top5 / count, "loss": mean_loss,
-            "loss_std": math.sqrt(max(loss_sq / count - mean_loss ** 2, 0.0)), "count": int(count)}
+    return summarize_scores(totals, "the held-out split holds no images")
 
 
 def build_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float, momentum: float):
@@ -470,14 +462,14 @@ def finetune(model: nn.Module, train_set: Dataset, *, iterations: int, batch_siz
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         step, history = state["iteration"], state["history"]
 
     def save() -> None:
         if checkpoint is not None:
             save_checkpoint({"iteration": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                             "rng": _get_rng_state(), "history": history, "settings": settings}, checkpoint)
+                             "rng": get_rng_state(), "history": history, "settings": settings}, checkpoint)
 
     if step >= iterations:
         return history
@@ -520,19 +512,6 @@ def finetune(model: nn.Module, train_set: Dataset, *, iterations: int, batch_siz
             if stopping:
                 raise KeyboardInterrupt(f"stopped at iteration {step}; checkpoint saved to {checkpoint}")
     return history
-
-
-def _get_rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _difference(saved: Optional[dict], current: Optional[dict]) -> str:

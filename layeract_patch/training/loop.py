@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from .data import stratified_split
 from .distributed import DistInfo, all_reduce_sum, broadcast_buffers
 from .interrupt import GracefulStop
@@ -100,7 +100,7 @@ def train_seed(args, seed: int, data: DeviceData, model_fn: Callable[[], nn.Modu
         step, history, train_log = state["step"], state["history"], state["train_log"]
         train_seconds, best = state["train_seconds"], state["best"]
         window = torch.tensor(state["window"], device=device)
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         if dist.is_main:
             print(f"seed {seed}: resumed from {ckpt_path} at iteration {step}", file=sys.stderr)
 
@@ -119,7 +119,7 @@ def train_seed(args, seed: int, data: DeviceData, model_fn: Callable[[], nn.Modu
                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                              "best": best, "history": history, "train_log": train_log,
                              "window": window.tolist(), "train_seconds": train_seconds,
-                             "rng": _get_rng_state(), "args": vars(args)}, ckpt_path)
+                             "rng": get_rng_state(), "args": vars(args)}, ckpt_path)
 
     progress = Progress(args.max_iter, desc=f"seed {seed}") if dist.is_main else None
     segment_start = time.perf_counter()
@@ -212,15 +212,3 @@ def _mean_since(train_log: List[dict], history: List[dict]) -> Optional[float]:
 def _snapshot(model: nn.Module) -> Dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-
-def _get_rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .augment import normalize
 from .distributed import DistInfo, all_reduce_sum
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "batch_scores", "summarize_scores"]
 
 
 @torch.no_grad()
@@ -38,15 +38,24 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, mean: Sequence[fl
         target = labels[index]
         with autocast:
             logits = model(inputs)
-        losses = F.cross_entropy(logits.float(), target, reduction="none").double()
-        topk = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hits = topk == target[:, None]
-        totals += torch.stack([losses.sum(), losses.square().sum(), hits[:, 0].sum().double(),
-                               hits.any(dim=1).sum().double(), torch.tensor(len(index), device=device).double()])
+        totals += batch_scores(logits, target)
     model.train(was_training)
-    loss_sum, loss_sq, top1, top5, count = all_reduce_sum(totals, dist).tolist()
+    return summarize_scores(all_reduce_sum(totals, dist), "cannot evaluate on an empty set")
+
+
+def batch_scores(logits: Tensor, target: Tensor) -> Tensor:
+    """float64 [loss sum, squared-loss sum, top-1 hits, top-5 hits, count] of one batch, to add up over batches."""
+    losses = F.cross_entropy(logits.float(), target, reduction="none").double()
+    hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == target[:, None]
+    return torch.stack([losses.sum(), losses.square().sum(), hits[:, 0].sum().double(),
+                        hits.any(dim=1).sum().double(), losses.new_tensor(len(target))])
+
+
+def summarize_scores(totals: Tensor, empty_message: str) -> Dict[str, float]:
+    """{"top1", "top5" (percent), "loss", "loss_std", "count"} from summed `batch_scores`."""
+    loss_sum, loss_sq, top1, top5, count = totals.tolist()
     if count == 0:
-        raise ValueError("cannot evaluate on an empty set")
+        raise ValueError(empty_message)
     mean_loss = loss_sum / count
     return {"top1": 100.0 * top1 / count, "top5": 100.0 * top5 / count, "loss": mean_loss,
             "loss_std": math.sqrt(max(loss_sq / count - mean_loss ** 2, 0.0)), "count": int(count)}

@@ -5,10 +5,10 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence
+
+from .checkpoint import atomic_write
 
 __all__ = ["write_json", "write_csv", "summarize", "format_summary", "HIGHER_IS_BETTER"]
 
@@ -17,15 +17,8 @@ HIGHER_IS_BETTER = {"top1": True, "top5": True, "loss": False, "loss_std": False
 
 
 def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w") as f:
+        f.write(text)
 
 
 def write_json(data: dict, path) -> None:
