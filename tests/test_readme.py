@@ -3,6 +3,8 @@ import re
 import warnings
 from pathlib import Path
 
+from layeract_patch import unregister_timm_activations
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,7 +24,10 @@ def test_ci_runs_the_readme_commands():
 def test_readme_python_examples_run():
     blocks = readme_blocks("python")
     assert blocks
-    for block in blocks:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            exec(compile(block, "README.md", "exec"), {"__name__": "readme_example"})
+    try:
+        for block in blocks:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                exec(compile(block, "README.md", "exec"), {"__name__": "readme_example"})
+    finally:
+        unregister_timm_activations()  # the examples register LayerAct's names in timm; leave timm as it was

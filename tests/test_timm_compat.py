@@ -17,6 +17,7 @@ def timm_tables():
     """timm's name tables as they were before the test, restored after it whatever happens."""
     tables = (create_act._ACT_LAYER_DEFAULT, create_act._ACT_FN_DEFAULT, create_act._ACT_LAYER_ME,
               create_act._ACT_FN_ME)
+    unregister_timm_activations()  # start from timm's own tables, whatever ran before in this process
     saved = [dict(t) for t in tables]
     yield saved
     for table, before in zip(tables, saved):
