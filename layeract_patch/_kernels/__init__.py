@@ -33,9 +33,9 @@ def _check_name(name: str) -> str:
 
 
 def set_backend(name: str = "auto") -> None:
-    """Force a backend for all LayerAct calls ("auto" restores the default choice)."""
+    """Force a backend for all LayerAct calls ("auto" restores the default: LAYERACT_BACKEND, else auto)."""
     global _forced
-    _forced = _check_name(name)
+    _forced = None if _check_name(name) == "auto" else name
 
 
 def _requested() -> str:
@@ -54,7 +54,7 @@ def _load(name: str, device: torch.device) -> Optional[ModuleType]:
             if not module.available(device):
                 module, why = None, f"it does not run on {device.type} tensors"
         except Exception as err:  # a missing compiler or Triton: fall back, say why once
-            why = f"{type(err).__name__}: {err}"
+            module, why = None, f"{type(err).__name__}: {err}"
         if module is None and name != "torch":
             warnings.warn(f"layeract_patch: the {name!r} backend is unavailable ({why}); "
                           f"using the slower eager 'torch' backend", RuntimeWarning, stacklevel=3)

@@ -41,6 +41,28 @@ def as_rows(x: Tensor, start_dim: int) -> Tuple[Tensor, Callable[[Tensor], Tenso
     return xc.view(rows, -1), lambda r: r.view(x.shape)
 
 
+def dense_layout(x: Tensor, start_dim: int) -> Tuple[Tensor, Optional[torch.memory_format]]:
+    """x as a dense tensor whose samples are contiguous blocks, and its memory format.
+
+    The format is channels_last(_3d) when x is in it (start_dim 1), else None for a contiguous
+    tensor (x itself, or a contiguous copy of an input with other strides). Fused kernels
+    read each sample as one block, and their outputs follow the format.
+    """
+    if start_dim == 1 and x.dim() in (4, 5) and not x.is_contiguous():
+        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        if x.is_contiguous(memory_format=fmt):
+            return x, fmt
+    return x.contiguous(), None
+
+
+def sample_geometry(x: Tensor, start_dim: int, fmt: Optional[torch.memory_format]) -> Tuple[int, int, int, int]:
+    """(rows, elements per row, channels, inner) of a `dense_layout` tensor; inner is the run of one channel."""
+    numel, channels = x.numel(), x.shape[start_dim]
+    rows = math.prod(x.shape[:start_dim]) if start_dim > 1 else x.shape[0]
+    length = numel // rows
+    return rows, length, channels, 1 if fmt is not None else length // channels
+
+
 def stat_view(stat: Tensor, x: Tensor, start_dim: int) -> Tensor:
     return stat.view(tuple(x.shape[:start_dim]) + (1,) * (x.dim() - start_dim))
 

@@ -1,0 +1,105 @@
+"""Timing and memory measurements shared by the benchmarks.
+
+Every comparison is made in one process with the measurements interleaved (each round runs every
+case once, in a shuffled order) and summarised by the median, so a busy machine slows all cases
+alike and the ratios stay meaningful even when the absolute times do not.
+"""
+from __future__ import annotations
+
+import ctypes
+import platform
+import random
+import statistics
+import time
+from typing import Callable, Dict, Optional
+
+import torch
+
+
+def interleaved_medians(cases: Dict[str, Callable[[], object]], rounds: int, warmup: int = 2,
+                        sync: Optional[Callable[[], None]] = None, seed: int = 0,
+                        clock: Callable[[], float] = time.perf_counter) -> Dict[str, float]:
+    """Median seconds per call of each case over `rounds` interleaved rounds.
+
+    clock=time.thread_time counts only the CPU time of the calling thread, which ignores the
+    time other jobs hold the core; it is a fair clock only when all work runs on this thread
+    (torch.set_num_threads(1)).
+    """
+    sync = sync or (lambda: None)
+    for fn in cases.values():
+        for _ in range(warmup):
+            fn()
+    order = list(cases)
+    rng = random.Random(seed)
+    times = {name: [] for name in cases}
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for name in order:
+            sync()
+            start = clock()
+            cases[name]()
+            sync()
+            times[name].append(clock() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def rounds_for(cases: Dict[str, Callable[[], object]], budget_s: float, lo: int = 5, hi: int = 50,
+               sync: Optional[Callable[[], None]] = None) -> int:
+    """How many interleaved rounds fit in `budget_s`, judged from one timed round (which also warms up)."""
+    sync = sync or (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for fn in cases.values():
+        fn()
+    sync()
+    per_round = time.perf_counter() - start
+    return max(lo, min(hi, int(budget_s / max(per_round, 1e-9))))
+
+
+def saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
+    """Bytes of the distinct storages autograd keeps for backward while `fn()` builds its graph."""
+    storages: Dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return sum(storages.values())
+
+
+def pin_heap() -> bool:
+    """Keep glibc from returning freed tensor memory to the OS (True if done).
+
+    By default glibc trims the heap or unmaps large blocks depending on the exact order of
+    earlier allocations, so a case may page-fault its output afresh on every call, or not,
+    by luck of layout; those faults can cost more than the kernel. With the heap kept (as
+    jemalloc or tcmalloc, which PyTorch recommends for CPU work, would), every case reuses
+    memory and the ratios compare computation. Tensors over 32 MiB are still mapped afresh.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, (1 << 31) - 1))
+
+
+def machine() -> str:
+    """One line naming the CPU, the threads in use and the load, to print beside the figures."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        with open("/proc/loadavg") as loadavg:
+            load = f", load average {loadavg.read().split()[0]}"
+    except OSError:
+        load = ""
+    return f"{cpu}, torch {torch.__version__}, {torch.get_num_threads()} threads{load}"

@@ -1,0 +1,175 @@
+"""LayerAct on CPU: the fused per-sample C kernel of layeract_cpu.c, built at first use.
+
+The C source is compiled by the system C compiler (gcc, clang, or $CC) into a shared library
+cached under ~/.cache/layeract_patch (or $LAYERACT_CACHE_DIR), named by a hash of the source,
+the flags and the CPU, so a rebuild happens only when one of them changes; it is loaded with
+ctypes, which needs no PyTorch headers and builds in about a second. Without a compiler,
+`available` raises and the dispatch falls back to the eager backend with one warning.
+
+float32 tensors run in C (contiguous and channels_last ones in place, others from a contiguous
+copy), one OpenMP thread team of torch.get_num_threads() threads, shared with PyTorch's own;
+other dtypes (half precision, float64) and empty tensors are handed to the eager backend.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import torch_ops
+
+NAME = "cpu"
+SOURCE = Path(__file__).with_name("layeract_cpu.c")
+_KIND_CODE = {"silu": 0, "hardsilu": 1}
+# Fast-math pieces that let the compiler vectorise sums and clamps (the C source handles NaN and
+# inf itself), without -ffast-math itself: on gcc < 13 that links crtfastmath.o, which would
+# switch the whole process to flush-denormals-to-zero.
+_BASE_FLAGS = ["-O3", "-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
+               "-fassociative-math", "-ffinite-math-only"]
+# Tried in order; the last resorts give a portable or single-threaded build rather than none.
+_OPTIONAL_FLAGS = (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], [])
+
+
+def cache_dir() -> Path:
+    explicit = os.environ.get("LAYERACT_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "layeract_patch"
+
+
+def find_compiler() -> List[str]:
+    """The compiler command: $CC (which may carry a wrapper such as ccache), else gcc, clang or cc."""
+    command = shlex.split(os.environ.get("CC", ""))
+    if not command:
+        command = [shutil.which("gcc") or shutil.which("clang") or shutil.which("cc") or "cc"]
+    if not shutil.which(command[0]):
+        raise RuntimeError(f"no C compiler found (tried {' '.join(command)!r}) to build the fused kernel; "
+                           f"install gcc (e.g. apt-get install gcc) or set CC")
+    return command
+
+
+def _cpu_id() -> str:
+    """What -march=native depends on: the CPU model and its feature flags."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            lines = [line for line in info if line.startswith(("model name", "flags", "Features"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+
+
+def _compile(compiler: List[str], flags: List[str], target: Path) -> Optional[str]:
+    """Compile SOURCE to `target` atomically; None on success, else the compiler's complaint."""
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        run = subprocess.run([*compiler, *flags, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True)
+        if run.returncode != 0:
+            lines = (run.stderr or run.stdout).strip().splitlines()
+            return lines[-1] if lines else f"exit status {run.returncode}"
+        os.replace(tmp, target)
+        return None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def build() -> Path:
+    """The path of the compiled library, compiling it first if it is not cached yet."""
+    compiler = find_compiler()
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(compiler), " ".join(_BASE_FLAGS),
+                                    repr(_OPTIONAL_FLAGS), _cpu_id()]).encode()).hexdigest()[:16]
+    target = cache_dir() / f"layeract_cpu-{key}.so"
+    if target.exists():
+        return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RuntimeError(f"cannot create the kernel cache {target.parent} ({err}); set LAYERACT_CACHE_DIR to a "
+                           f"writable folder") from err
+    complaint = None
+    for extra in _OPTIONAL_FLAGS:
+        complaint = _compile(compiler, _BASE_FLAGS + extra, target)
+        if complaint is None:
+            return target
+    raise RuntimeError(f"compiling {SOURCE.name} with {' '.join(compiler)} failed: {complaint}")
+
+
+@functools.lru_cache(maxsize=None)
+def library() -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(build()))
+    ptr, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+    lib.layeract_forward.argtypes = [ptr] * 6 + [i64] * 4 + [f32, i32, i32]
+    lib.layeract_forward.restype = None
+    lib.layeract_backward.argtypes = [ptr] * 9 + [i64] * 4 + [i32, i32]
+    lib.layeract_backward.restype = i32
+    return lib
+
+
+def available(device: torch.device) -> bool:
+    if torch.device(device).type != "cpu":
+        return False
+    library()
+    return True
+
+
+def _runs_in_c(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor]) -> bool:
+    # written for speed: it runs twice per call, and small activations are dominated by such overhead
+    return (x.dtype == torch.float32 and x.is_cpu and x.numel() > 0
+            and (weight is None or weight.dtype == torch.float32) and (bias is None or bias.dtype == torch.float32))
+
+
+def _ptr(t: Optional[Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+def _param(p: Optional[Tensor]) -> Optional[Tensor]:
+    return None if p is None else p.detach().contiguous()
+
+
+def forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], kind: str, alpha: float,
+            start_dim: int) -> Tuple[Tensor, Tensor, Tensor]:
+    if not _runs_in_c(x, weight, bias):
+        return torch_ops.forward(x, weight, bias, kind, alpha, start_dim)
+    xd, fmt = torch_ops.dense_layout(x, start_dim)
+    rows, length, channels, inner = torch_ops.sample_geometry(xd, start_dim, fmt)
+    out = torch.empty_like(xd)
+    mean = torch.empty(rows, dtype=torch.float32)
+    rstd = torch.empty(rows, dtype=torch.float32)
+    weight, bias = _param(weight), _param(bias)
+    library().layeract_forward(xd.data_ptr(), out.data_ptr(), mean.data_ptr(), rstd.data_ptr(), _ptr(weight),
+                               _ptr(bias), rows, length, channels, inner, alpha, _KIND_CODE[kind],
+                               torch.get_num_threads())
+    return out, mean, rstd
+
+
+def backward(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+             kind: str, start_dim: int) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    if not _runs_in_c(x, weight, bias) or grad.dtype != torch.float32:
+        return torch_ops.backward(grad, x, mean, rstd, weight, bias, kind, start_dim)
+    xd, fmt = torch_ops.dense_layout(x, start_dim)
+    g = grad.contiguous(memory_format=fmt or torch.contiguous_format)
+    rows, length, channels, inner = torch_ops.sample_geometry(xd, start_dim, fmt)
+    dx = torch.empty_like(xd)
+    weight, bias = _param(weight), _param(bias)
+    dweight = dbias = None
+    if weight is not None:
+        dweight = torch.empty(channels, dtype=torch.float32)
+        dbias = torch.empty(channels, dtype=torch.float32)
+    status = library().layeract_backward(g.data_ptr(), xd.data_ptr(), mean.data_ptr(), rstd.data_ptr(), _ptr(weight),
+                                         _ptr(bias), dx.data_ptr(), _ptr(dweight), _ptr(dbias), rows, length, channels,
+                                         inner, _KIND_CODE[kind], torch.get_num_threads())
+    if status != 0:
+        raise MemoryError("layeract_patch: the CPU kernel could not allocate its gradient buffers")
+    return dx, dweight, dbias
