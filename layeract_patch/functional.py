@@ -86,14 +86,12 @@ def la_reference(x: Tensor, kind: str = "silu", alpha: float = DEFAULT_ALPHA, we
     return (y * scale(z, kind)).to(x.dtype)
 
 
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
+
+
 def _use_plain_ops() -> bool:
-    if torch.jit.is_scripting() or torch.jit.is_tracing():
-        return True
-    compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    if compiling is not None and compiling():
-        return True
-    onnx_export = getattr(getattr(torch, "onnx", None), "is_in_onnx_export", None)
-    return bool(onnx_export is not None and onnx_export())
+    # ONNX export traces with torch.jit (dynamo=False) or torch.export (dynamo=True): both are caught here.
+    return torch.jit.is_scripting() or torch.jit.is_tracing() or _is_compiling()
 
 
 class _LayerActFunction(torch.autograd.Function):

@@ -44,7 +44,6 @@ def cpu_backend(compiled, monkeypatch):
 def fresh_dispatch(monkeypatch):
     """Forget which backends loaded (and warned), and restore that memory afterwards."""
     monkeypatch.setattr(_kernels, "_modules", {})
-    monkeypatch.setattr(_kernels, "_warned", set())
     monkeypatch.setattr(_kernels, "_forced", None)
     cpu_kernel.library.cache_clear()
     yield

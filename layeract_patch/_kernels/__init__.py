@@ -22,8 +22,7 @@ BACKENDS = ("auto", "torch", "cpu", "triton")
 _FAST_PATH = {"cpu": "cpu", "cuda": "triton"}
 _MODULE_OF = {"torch": "torch_ops", "cpu": "cpu_kernel", "triton": "triton_kernel"}
 _forced: Optional[str] = None
-_modules: Dict[str, Optional[ModuleType]] = {}
-_warned = set()
+_modules: Dict[str, Optional[ModuleType]] = {}  # "name:device" -> backend or None; "request->device" -> choice
 
 
 def _check_name(name: str) -> str:
@@ -64,9 +63,11 @@ def _load(name: str, device: torch.device) -> Optional[ModuleType]:
 
 def select(x: torch.Tensor) -> ModuleType:
     requested = _requested()
-    name = _FAST_PATH.get(x.device.type, "torch") if requested == "auto" else requested
-    module = _load(name, x.device)
-    return module if module is not None else _load("torch", x.device)
+    key = f"{requested}->{x.device.type}"
+    if key not in _modules:  # resolved once: this runs on every LayerAct call
+        name = _FAST_PATH.get(x.device.type, "torch") if requested == "auto" else requested
+        _modules[key] = _load(name, x.device) or _load("torch", x.device)
+    return _modules[key]
 
 
 def backend(device: Union[str, torch.device] = "cpu") -> str:
