@@ -27,7 +27,7 @@ import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.fx as fx
@@ -37,6 +37,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.overrides import TorchFunctionMode
 
+from .call_sites import CallSiteActs
 from .modules import LayerAct
 from .registry import LAYERACT_NAMES, get_act_layer
 
@@ -210,58 +211,7 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------------------------------- call sites
-
-class CallSiteActs(nn.Module):
-    """One LayerAct per call site of an activation module the model calls at several places.
-
-    A call site is "the k-th call from one run of a caller's forward", the caller being the innermost module
-    running when the call is made (as `convert_activations` recorded it in an example forward). Hooks on each
-    caller mark which one is running, so every call picks its own site in train or eval mode, with or without
-    grad, forward after forward, under torch.compile and activation checkpointing; a call from a path the example
-    forward did not take raises, never guesses. (Not under nn.DataParallel on several GPUs: use DDP.)
-    """
-
-    def __init__(self, sites: Sequence[nn.Module], schedule: Sequence[Sequence[int]]) -> None:
-        super().__init__()
-        self.sites = nn.ModuleList(sites)
-        self.schedule = [list(order) for order in schedule]  # schedule[caller][k]: the site of its k-th call
-        self._running: List[List[int]] = []  # [caller, calls so far] for each caller forward in progress
-
-    def attach(self, caller: nn.Module, index: int) -> None:
-        """Make `caller` (the `index`-th in `schedule`) announce its forward to this module."""
-        caller.register_forward_pre_hook(partial(self._enter, index))
-        caller.register_forward_hook(partial(self._leave, index), always_call=True)
-
-    def _enter(self, index: int, module: nn.Module, args: Any) -> None:
-        self._running.append([index, 0])
-
-    def _leave(self, index: int, module: nn.Module, args: Any, output: Any) -> None:
-        while self._running and self._running.pop()[0] != index:
-            pass
-
-    def _replicate_for_data_parallel(self):
-        # Replicas would run in threads sharing one record of which caller is running.
-        raise RuntimeError("a model with CallSiteActs (convert_activations(affine=True) on reused activations) cannot "
-                           "run under nn.DataParallel on several GPUs; use DistributedDataParallel")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._running:
-            raise RuntimeError("CallSiteActs was called from a module that did not call it in convert_activations' "
-                               "example forward, so its call site is unknown; convert with an example_input that "
-                               "runs this path (or call the model itself, not a method that skips its forward)")
-        frame = self._running[-1]
-        order = self.schedule[frame[0]]
-        if frame[1] >= len(order):
-            raise RuntimeError(f"CallSiteActs: this caller made {len(order)} call(s) in convert_activations' example "
-                               f"forward and is now making more; convert with an example_input that takes this path")
-        site = self.sites[order[frame[1]]]
-        frame[1] += 1
-        return site(x)
-
-    def extra_repr(self) -> str:
-        return f"call_sites={len(self.sites)}, callers={len(self.schedule)}"
-
+# ---------------------------------------------------------------------------------------------------- recording
 
 class _Call(NamedTuple):
     caller: Optional[nn.Module]
