@@ -5,7 +5,7 @@
 """
 from .cifar_resnet import (BasicBlock, CifarResNet, cifar_resnet, cifar_resnet20, cifar_resnet32, cifar_resnet44,
                            cifar_resnet56, cifar_resnet110)
-from .norm import NORMS
+from .layers import NORMS
 from .paper_cnn import PaperCNN, layeract_cnn, paper_cnn
 
 MODELS = {"cifar_resnet": cifar_resnet, "paper_cnn": paper_cnn}

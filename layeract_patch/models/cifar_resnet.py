@@ -9,7 +9,7 @@ from timm.models import register_model
 from torch import Tensor, nn
 
 from ..registry import create_act_layer, get_act_layer
-from .norm import check_norm, create_norm
+from .layers import ClassifierMixin, ConvNormAct, check_norm, timm_model_kwargs
 
 __all__ = ["CifarResNet", "BasicBlock", "cifar_resnet", "cifar_resnet20", "cifar_resnet32", "cifar_resnet44",
            "cifar_resnet56", "cifar_resnet110"]
@@ -20,27 +20,13 @@ CIFAR_CFG = dict(num_classes=10, input_size=(3, 32, 32), pool_size=None, crop_pc
 default_cfgs: Dict[str, Dict[str, Any]] = {f"cifar_resnet{d}": dict(CIFAR_CFG) for d in (20, 32, 44, 56, 110)}
 
 
-class ConvNormAct(nn.Module):
-    """conv -> norm -> activation (the activation optional, for the block's second conv)."""
-
-    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, norm: str = "bn", act: str = "la_silu",
-                 apply_act: bool = True) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_chs, out_chs, 3, stride=stride, padding=1, bias=norm == "none")
-        self.norm = create_norm(norm, out_chs)
-        self.act = create_act_layer(act, num_channels=out_chs) if apply_act else nn.Identity()
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.norm(self.conv(x)))
-
-
 class BasicBlock(nn.Module):
     """conv-norm-act-conv-norm, add the shortcut, then the activation."""
 
     def __init__(self, in_chs: int, out_chs: int, stride: int = 1, norm: str = "bn", act: str = "la_silu") -> None:
         super().__init__()
-        self.conv1 = ConvNormAct(in_chs, out_chs, stride, norm, act)
-        self.conv2 = ConvNormAct(out_chs, out_chs, 1, norm, act, apply_act=False)
+        self.conv1 = ConvNormAct(in_chs, out_chs, 3, stride, norm, act)
+        self.conv2 = ConvNormAct(out_chs, out_chs, 3, 1, norm, act, apply_act=False)
         self.act = create_act_layer(act, num_channels=out_chs)
         self.stride = stride
         self.pad_chs = out_chs - in_chs
@@ -57,7 +43,7 @@ class BasicBlock(nn.Module):
         return self.act(self.conv2(self.conv1(x)) + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(ClassifierMixin, nn.Module):
     """3x3 conv 16 -> three stages of n blocks (16, 32, 64 channels) -> global average pool -> linear.
 
     Args:
@@ -80,7 +66,7 @@ class CifarResNet(nn.Module):
         self.depth, self.act_name, self.norm_name = depth, act, norm
         self.num_classes = num_classes
         self.num_features = widths[-1]
-        self.stem = ConvNormAct(in_chans, widths[0], 1, norm, act)
+        self.stem = ConvNormAct(in_chans, widths[0], 3, 1, norm, act)
         stages, in_chs = [], widths[0]
         for i, out_chs in enumerate(widths):
             blocks = []
@@ -101,15 +87,6 @@ class CifarResNet(nn.Module):
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 def init_weights(model: nn.Module) -> None:
@@ -131,13 +108,8 @@ def cifar_resnet(depth: int = 20, num_classes: int = 10, act: str = "la_silu", n
 
 
 def _create(depth: int, pretrained: bool = False, **kwargs) -> CifarResNet:
-    if pretrained:
-        raise ValueError(f"cifar_resnet{depth} has no pretrained weights; train one with recipes/cifar_resnet.py "
-                         f"and load its model.pt")
-    # timm's factory passes its own bookkeeping options; the architecture takes none of them.
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)
-    return CifarResNet(depth=depth, **kwargs)
+    return CifarResNet(depth=depth, **timm_model_kwargs(f"cifar_resnet{depth}", pretrained, kwargs,
+                                                        "recipes/cifar_resnet.py"))
 
 
 @register_model

@@ -7,9 +7,9 @@ import torch
 from timm.models import register_model
 from torch import Tensor, nn
 
-from ..registry import create_act_layer, get_act_layer
+from ..registry import get_act_layer
 from .cifar_resnet import CIFAR_CFG, init_weights
-from .norm import check_norm, create_norm
+from .layers import ClassifierMixin, ConvNormAct, check_norm, timm_model_kwargs
 
 __all__ = ["PaperCNN", "paper_cnn", "layeract_cnn"]
 
@@ -17,18 +17,7 @@ default_cfgs: Dict[str, Dict[str, Any]] = {"layeract_cnn": dict(CIFAR_CFG, first
                                                                    classifier="fc")}
 
 
-class ConvNormAct(nn.Module):
-    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, norm: str, act: str) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, padding=kernel_size // 2, bias=norm == "none")
-        self.norm = create_norm(norm, out_chs)
-        self.act = create_act_layer(act, num_channels=out_chs)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.norm(self.conv(x)))
-
-
-class PaperCNN(nn.Module):
+class PaperCNN(ClassifierMixin, nn.Module):
     """Stage k (width c = 16, 32, 64, 128, 256): conv1x1 c_in->c, conv3x3 c->c, conv3x3 c->2c, maxpool 2x2.
 
     For 32x32 inputs the stages leave 16x16x32, 8x8x64, 4x4x128, 2x2x256 and 1x1x512, then a linear
@@ -46,9 +35,9 @@ class PaperCNN(nn.Module):
         stages, in_chs = [], in_chans
         for width in widths:
             stages.append(nn.Sequential(
-                ConvNormAct(in_chs, width, 1, norm, act),
-                ConvNormAct(width, width, 3, norm, act),
-                ConvNormAct(width, 2 * width, 3, norm, act),
+                ConvNormAct(in_chs, width, 1, norm=norm, act=act),
+                ConvNormAct(width, width, 3, norm=norm, act=act),
+                ConvNormAct(width, 2 * width, 3, norm=norm, act=act),
                 nn.MaxPool2d(2, 2),
             ))
             in_chs = 2 * width
@@ -68,15 +57,6 @@ class PaperCNN(nn.Module):
         x = torch.flatten(x, 1)
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 def paper_cnn(num_classes: int = 10, act: str = "la_silu", norm: str = "bn", in_chans: int = 3) -> PaperCNN:
@@ -86,8 +66,4 @@ def paper_cnn(num_classes: int = 10, act: str = "la_silu", norm: str = "bn", in_
 
 @register_model
 def layeract_cnn(pretrained: bool = False, **kwargs) -> PaperCNN:
-    if pretrained:
-        raise ValueError("layeract_cnn has no pretrained weights; train one with recipes/cifar_cnn.py")
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)
-    return PaperCNN(**kwargs)
+    return PaperCNN(**timm_model_kwargs("layeract_cnn", pretrained, kwargs, "recipes/cifar_cnn.py"))

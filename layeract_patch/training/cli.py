@@ -94,7 +94,7 @@ class Plan:
 def prepare(args: argparse.Namespace) -> Plan:
     """Check the arguments, load the data onto the device; ValueError / FileNotFoundError on bad input."""
     from ..models import cifar_resnet, paper_cnn
-    from ..models.norm import check_norm
+    from ..models.layers import check_norm
 
     get_act_layer(args.act)
     args.norm = check_norm(args.norm)
