@@ -25,6 +25,7 @@ from ..monitor import ScaleMonitor, pearson_per_layer
 from ..registry import create_act_layer, get_act_layer
 from ..training import results
 from ..training.data import load_images
+from ..training.distributed import resolve_device
 from ..training.progress import Progress
 
 __all__ = ["StudyConfig", "StudyData", "check_config", "load_study_data", "make_mlp", "train_and_measure",
@@ -101,19 +102,7 @@ def check_config(cfg: StudyConfig) -> StudyConfig:
     milestones = tuple(sorted(int(m) for m in milestones))
     if any(m < 1 for m in milestones):
         raise ValueError(f"--milestones must be iterations >= 1, got {list(milestones)}")
-    return replace(cfg, milestones=milestones, device=_resolve_device(cfg.device))
-
-
-def _resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"unknown --device {name!r} ({err}); use auto, cpu, cuda or cuda:N") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} asked for CUDA but torch sees no CUDA device; use --device cpu")
-    return str(device)
+    return replace(cfg, milestones=milestones, device=str(resolve_device(cfg.device)))
 
 
 def load_study_data(cfg: StudyConfig) -> StudyData:

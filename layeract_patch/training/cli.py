@@ -19,7 +19,7 @@ from torch import nn
 
 from ..registry import ACTIVATIONS, get_act_layer
 from .data import dataset_stats, load_images
-from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed
+from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed, resolve_device
 from .loop import DeviceData, check_resumable, train_seed
 from .plots import plot_losses
 from .results import format_summary, summarize, write_csv, write_json
@@ -120,7 +120,7 @@ def prepare(args: argparse.Namespace) -> Plan:
         args.out = Path("runs") / f"{model_name}_{args.act}_{args.norm}"
     args.out = Path(args.out)
 
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     dist = init_distributed(device.type)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
@@ -204,12 +204,3 @@ def run(argv: Optional[Sequence[str]] = None, model: str = "cifar_resnet") -> in
     finally:
         cleanup_distributed()
     return 0
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda but no CUDA device is available; use --device cpu (or auto)")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-

@@ -7,8 +7,21 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "any_rank", "broadcast_buffers", "barrier",
-           "cleanup_distributed"]
+__all__ = ["resolve_device", "DistInfo", "init_distributed", "all_reduce_sum", "any_rank", "broadcast_buffers",
+           "barrier", "cleanup_distributed"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """A --device value (auto, cpu, cuda, cuda:N) as a torch.device; ValueError naming the fix when it cannot run."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:<index>") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} asks for CUDA but no CUDA device is available; use --device cpu (or auto)")
+    return device
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from .distributed import resolve_device
 from .data import find_imagefolder
 from .interrupt import GracefulStop
 from .metrics import batch_scores, summarize_scores
@@ -364,18 +365,6 @@ class _EpochOrder(Sampler):
 
 
 # --------------------------------------------------------------------------------------------- training
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:<index>") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    return device
 
 
 def _amp_dtype(device: torch.device, amp: Optional[bool]) -> Optional[torch.dtype]:
