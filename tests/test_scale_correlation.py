@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torchvision.io import write_png
+from PIL import Image
 
 from layeract_patch.studies.scale_correlation import (CSV_COLUMNS, StudyConfig, check_config, format_table,
                                                       load_study_data, make_mlp, plot_correlations, summarize,
@@ -34,7 +34,7 @@ def image_folder(tmp_path_factory):
         folder.mkdir(parents=True)
         for i in range(32):
             image = (base + 40 * torch.randn(3, 8, 8, generator=gen)).clamp(0, 255).to(torch.uint8)
-            write_png(image, str(folder / f"{i:02d}.png"))
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i:02d}.png")
     return root
 
 
