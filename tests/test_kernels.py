@@ -44,6 +44,7 @@ def cpu_backend(compiled, monkeypatch):
 def fresh_dispatch(monkeypatch):
     """Forget which backends loaded (and warned), and restore that memory afterwards."""
     monkeypatch.setattr(_kernels, "_modules", {})
+    monkeypatch.setattr(_kernels, "_chosen", {})
     monkeypatch.setattr(_kernels, "_forced", None)
     cpu_kernel.library.cache_clear()
     yield

@@ -14,7 +14,7 @@ import importlib
 import os
 import warnings
 from types import ModuleType
-from typing import Dict, Optional, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 
@@ -22,7 +22,8 @@ BACKENDS = ("auto", "torch", "cpu", "triton")
 _FAST_PATH = {"cpu": "cpu", "cuda": "triton"}
 _MODULE_OF = {"torch": "torch_ops", "cpu": "cpu_kernel", "triton": "triton_kernel"}
 _forced: Optional[str] = None
-_modules: Dict[str, Optional[ModuleType]] = {}  # "name:device" -> backend or None; "request->device" -> choice
+_modules: Dict[str, Optional[ModuleType]] = {}  # "name:device" -> the backend, or None where it cannot run
+_chosen: Dict[Tuple[str, str], ModuleType] = {}  # (request, device type) -> the backend that runs
 
 
 def _check_name(name: str) -> str:
@@ -63,11 +64,11 @@ def _load(name: str, device: torch.device) -> Optional[ModuleType]:
 
 def select(x: torch.Tensor) -> ModuleType:
     requested = _requested()
-    key = f"{requested}->{x.device.type}"
-    if key not in _modules:  # resolved once: this runs on every LayerAct call
+    key = (requested, x.device.type)
+    if key not in _chosen:  # resolved once: this runs on every LayerAct call
         name = _FAST_PATH.get(x.device.type, "torch") if requested == "auto" else requested
-        _modules[key] = _load(name, x.device) or _load("torch", x.device)
-    return _modules[key]
+        _chosen[key] = _load(name, x.device) or _load("torch", x.device)
+    return _chosen[key]
 
 
 def backend(device: Union[str, torch.device] = "cpu") -> str:

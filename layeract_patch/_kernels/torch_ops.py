@@ -27,18 +27,13 @@ def as_rows(x: Tensor, start_dim: int) -> Tuple[Tensor, Callable[[Tensor], Tenso
 
     A channels_last map is one contiguous block per sample, so it needs no copy either.
     """
+    dense, fmt = dense_layout(x, start_dim)
     rows = math.prod(x.shape[:start_dim])
-    if x.is_contiguous():
-        return x.view(rows, -1), lambda r: r.view(x.shape)
-    if start_dim == 1 and x.dim() in (4, 5):
-        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-        if x.is_contiguous(memory_format=fmt):
-            perm = (0,) + tuple(range(2, x.dim())) + (1,)
-            inverse = (0, x.dim() - 1) + tuple(range(1, x.dim() - 1))
-            permuted_shape = x.permute(perm).shape
-            return x.permute(perm).reshape(rows, -1), lambda r: r.view(permuted_shape).permute(inverse)
-    xc = x.contiguous()
-    return xc.view(rows, -1), lambda r: r.view(x.shape)
+    if fmt is None:
+        return dense.view(rows, -1), lambda r: r.view(x.shape)
+    channels_to_end = dense.permute((0,) + tuple(range(2, x.dim())) + (1,))
+    inverse = (0, x.dim() - 1) + tuple(range(1, x.dim() - 1))
+    return channels_to_end.reshape(rows, -1), lambda r: r.view(channels_to_end.shape).permute(inverse)
 
 
 def dense_layout(x: Tensor, start_dim: int) -> Tuple[Tensor, Optional[torch.memory_format]]:

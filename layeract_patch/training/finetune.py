@@ -377,6 +377,13 @@ def _amp_dtype(device: torch.device, amp: Optional[bool]) -> Optional[torch.dtyp
 
 
 @torch.no_grad()
+def _to_device(images: Tensor, targets: Tensor, device: torch.device, channels_last: bool) -> Tuple[Tensor, Tensor]:
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, targets.to(device, non_blocking=True)
+
+
 def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
              channels_last: bool = False) -> Dict[str, float]:
     """{"top1", "top5", "loss", "loss_std", "count"} of `model` in eval mode over a loader of preprocessed batches.
@@ -388,10 +395,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: Optional
     model.eval()
     totals = torch.zeros(5, dtype=torch.float64, device=device)  # loss, loss^2, top1, top5, count
     for images, targets in loader:
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        targets = targets.to(device, non_blocking=True)
+        images, targets = _to_device(images, targets, device, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = _logits(model(images))
         totals += batch_scores(logits, targets)
@@ -472,10 +476,7 @@ def finetune(model: nn.Module, train_set: Dataset, *, iterations: int, batch_siz
     progress = Progress(iterations, desc=desc, stream=stream)
     with GracefulStop(device=device) as stop, progress:
         for images, targets in loader:
-            images = images.to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            targets = targets.to(device, non_blocking=True)
+            images, targets = _to_device(images, targets, device, channels_last)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = criterion(_logits(model(images)).float(), targets)
             value = loss.item()
