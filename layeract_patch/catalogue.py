@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 __all__ = ["Activation", "CATALOGUE", "GATES", "lookup", "layer_act_names", "element_of", "resolve",
-           "replaced_types", "gate_types", "functional_sources", "layer_act_for"]
+           "replaced_types", "gate_types", "functional_sources", "layer_act_for", "OTHER_ACTIVATIONS",
+           "activation_types"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,16 @@ _BY_ALIAS: Dict[str, Activation] = {alias: r for r in _RECORDS for alias in (r.n
 GATES = ("torch.nn.modules.activation.Sigmoid", "torch.nn.modules.activation.Hardsigmoid",
          "timm.layers.activations.Sigmoid", "timm.layers.activations.HardSigmoid",
          "timm.layers.activations_me.HardSigmoidMe")
+
+# Other pointwise activations. No LayerAct family is theirs, so nothing converts them by default, but a
+# `convert_activations(to={nn.GELU: "la_silu"})` mapping may name them; what is in none of these lists
+# (a conv, a container, nn.Module itself) is not an activation and is refused as a source type.
+OTHER_ACTIVATIONS = tuple(f"torch.nn.modules.activation.{name}" for name in (
+    "CELU", "ELU", "GELU", "GLU", "Hardshrink", "Hardtanh", "LeakyReLU", "LogSigmoid", "Mish", "PReLU", "RReLU",
+    "ReLU6", "SELU", "Softplus", "Softshrink", "Softsign", "Tanh", "Tanhshrink", "Threshold")) + tuple(
+    f"timm.layers.{name}" for name in ("activations.GELU", "activations.GELUTanh", "activations.HardMish",
+                                       "activations.Mish", "activations.PReLU", "activations.QuickGELU",
+                                       "activations.Tanh", "activations_me.HardMishMe", "activations_me.MishMe"))
 
 
 def resolve(dotted: str, import_missing: bool = True) -> Any:
@@ -155,3 +166,8 @@ def functional_sources() -> Dict[Any, Tuple[str, type]]:
             if fn is not None:
                 sources[fn] = (label, module_class)
     return sources
+
+
+def activation_types() -> Tuple[type, ...]:
+    """Every module class that is an activation (element records' types and OTHER_ACTIVATIONS), gates excluded."""
+    return _classes([name for record in _RECORDS for name in record.replaces] + list(OTHER_ACTIVATIONS))

@@ -1,0 +1,64 @@
+"""ConversionReport: what `convert_activations` swapped, skipped (and why) and which functional calls it found."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import List, NamedTuple
+
+__all__ = ["ConversionReport", "Swap", "Skip", "FunctionalCall"]
+
+MAX_LISTED = 40
+
+
+class Swap(NamedTuple):
+    fqn: str
+    old: str
+    new: str
+
+
+class Skip(NamedTuple):
+    fqn: str
+    type: str
+    reason: str
+
+
+class FunctionalCall(NamedTuple):
+    fqn: str  # the module whose forward makes the call, or the module the call became
+    function: str
+    status: str  # "found ...", "now module ...", "left as is: ..."
+
+
+@dataclass
+class ConversionReport:
+    """What `convert_activations` did: `swapped`, `skipped` (with the reason) and `functional` call sites.
+
+    Names are fully qualified as in the unwrapped model (no `module.` / `_orig_mod.` prefix);
+    "" is the root. `notes` says what could not be checked or was given up.
+    """
+
+    model: str
+    swapped: List[Swap] = field(default_factory=list)
+    skipped: List[Skip] = field(default_factory=list)
+    functional: List[FunctionalCall] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+    def pending_functional(self) -> List[FunctionalCall]:
+        """Functional calls found and left unconverted."""
+        return [c for c in self.functional if c.status.startswith("found")]
+
+    def __str__(self) -> str:
+        kinds = Counter(f"{s.old} -> {s.new.split('(')[0]}" for s in self.swapped)
+        lines = [f"convert_activations({self.model}): {len(self.swapped)} swapped"
+                 + (f" ({', '.join(f'{k}: {n}' for k, n in kinds.items())})" if kinds else "")
+                 + f", {len(self.skipped)} skipped, {len(self.functional)} functional call sites"]
+        sections = (("swapped", [f"{s.fqn or '<root>'}: {s.old} -> {s.new}" for s in self.swapped]),
+                    ("skipped", [f"{s.fqn or '<root>'}: {s.type} ({s.reason})" for s in self.skipped]),
+                    ("functional", [f"{c.fqn or '<root>'}: {c.function} ({c.status})" for c in self.functional]),
+                    ("notes", list(self.notes)))
+        for title, entries in sections:
+            if entries:
+                lines.append(f"{title}:")
+                lines += [f"  {e}" for e in entries[:MAX_LISTED]]
+                if len(entries) > MAX_LISTED:
+                    lines.append(f"  ... and {len(entries) - MAX_LISTED} more (see report.{title})")
+        return "\n".join(lines)

@@ -1,0 +1,271 @@
+"""convert_activations: one walk over the model's (parent, name, child) slots, one filter, one swap, a report.
+
+Shaped like torchao's `quantize_(model, config, filter_fn)`. Three doors open only when asked for: the example
+forward (example_input), call-site sizing (affine=True) and functional-call rewriting (functional="convert").
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import warnings
+from collections import Counter, defaultdict
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Union
+
+from torch import nn
+
+from ..modules import LayerAct
+from .call_sites import CallSiteActs
+from .example_forward import record
+from .functional_calls import find_by_tracing, find_in_code, rewrite
+from .report import ConversionReport, Skip, Swap
+from .sizing import size_affine
+from .targets import Targets, gate_types, is_activation, resolve_targets
+from .tracing import discarded_calls, trace
+from .wrappers import strip_wrappers, unwrap
+
+__all__ = ["convert_activations"]
+
+logger = logging.getLogger("layeract_patch.convert")
+
+FUNCTIONAL_MODES = ("report", "convert", "ignore")
+_GATE_SLOTS = ("scale_activation", "gate")  # torchvision SqueezeExcitation, timm SE/ECA/CBAM gates
+_HOOK_ATTRS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+               "_forward_pre_hooks_with_kwargs", "_backward_pre_hooks", "_backward_hooks", "_is_full_backward_hook")
+
+
+def convert_activations(model: nn.Module, to: Union[str, type, Mapping[type, Any]] = "la_silu", *,
+                        filter_fn: Optional[Callable[[nn.Module, str], bool]] = None, affine: bool = False,
+                        example_input: Any = None, functional: str = "report", return_report: bool = False,
+                        **layer_kwargs: Any):
+    """Replace the activations of `model` with LayerAct, in place; returns the (possibly new) root.
+
+    Args:
+        model: any nn.Module; the root itself may be an activation. Load pretrained weights before, build the
+            optimizer after (with affine=True the new parameters exist only after the conversion).
+        to: "la_silu" / "la_hardsilu" (or "la_silu_affine", ...), a LayerAct class, or a mapping
+            {source module type: target}, which converts exactly those types, e.g.
+            {nn.Hardswish: "la_hardsilu", nn.ReLU: "la_silu", nn.GELU: "la_silu"}. Its keys must be activations
+            (any in `layeract_patch.catalogue`, or a LayerAct class to re-target non-affine modules converted
+            before). A name or a class converts `default_activation_types()`. Modules converted before are kept
+            as they are; when they differ from what `to` asks for, the report says so and a warning is raised.
+        filter_fn: `filter_fn(module, fqn) -> bool`, False keeps that module as it is. `fqn` is its name in the
+            unwrapped model (DDP's `module.` and torch.compile's `_orig_mod.` removed). Functional call sites
+            (functional="convert") are offered as the equivalent module, e.g. an nn.ReLU named "conv1.relu".
+        affine: give each call site a learnable per-channel weight/bias (see LayerAct). Needs each site's channel
+            count: from `example_input`; else from a torch.fx trace, where the module feeding the activation fixes
+            it (a BatchNorm, GroupNorm or conv, seen through pooling, dropout and residual sums) and the module is
+            called once; else from the structure (a timm BatchNormAct2d's act, a module right after a
+            BatchNorm/conv in an nn.Sequential); else a ValueError naming the modules. A module called several
+            times per forward (torchvision ResNet's `relu`) always needs `example_input`.
+        example_input: a tensor (or tuple of positional args, or dict of kwargs) on the model's device, for one
+            example forward, run in the model's current mode without grad; BatchNorm statistics and the RNG state
+            are restored after it. It records every call site (needed for affine with reused modules), the
+            functional calls, and in-place activations called only for their side effect (`self.act(y)` with
+            its result discarded): LayerAct is never in place, so those would silently stop acting, and
+            converting them raises a ValueError naming them. Without example_input they are caught only when
+            a trace runs (affine=True, functional="convert"), so pass one for a model you do not know.
+        functional: what to do with F.relu / F.silu / F.hardswish calls that no module swap reaches:
+            "report" (default) lists them in the report and warns (found by the example forward, else by
+            reading each module's forward code, which sees no helper functions); "convert" rewrites them into
+            modules with torch.fx first, which returns a GraphModule (the model's own methods such as timm's
+            forward_features are gone, train/eval control flow is fixed at trace time; load weights before
+            converting); "ignore" skips the search.
+        return_report: return `(model, ConversionReport)` instead of the model. The report is also logged at
+            INFO level on the "layeract_patch.convert" logger.
+        **layer_kwargs: passed to every new LayerAct, e.g. alpha=1e-5, start_dim=1.
+
+    Raises:
+        ValueError: unknown `to`, a `to` key that is not an activation, bad options, affine without a way to size
+            every site, an in-place activation whose result is discarded, or nothing to convert (the message
+            names the model's class and what it found instead).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert_activations expects an nn.Module, got {type(model).__name__}")
+    if functional not in FUNCTIONAL_MODES:
+        raise ValueError(f"functional={functional!r} is not one of {FUNCTIONAL_MODES}")
+    if filter_fn is not None and not callable(filter_fn):
+        raise TypeError(f"filter_fn must be callable as filter_fn(module, fqn) -> bool, got {type(filter_fn).__name__}")
+    targets = resolve_targets(to, layer_kwargs, affine)
+    if targets.any_affine and isinstance(model, nn.parallel.DistributedDataParallel):
+        raise ValueError("affine=True adds parameters, which DistributedDataParallel would not synchronize: convert "
+                         "model.module first, then wrap it in DDP and build the optimizer")
+    report = ConversionReport(model=type(model).__name__)
+    inner = not is_activation(model)  # a root that is itself an activation makes no functional calls to find
+
+    # What the model does when it runs, as far as asked. Nothing here changes the model.
+    root, recorded, traced = model, None, None
+    if functional == "convert" and inner:
+        root, *traced = rewrite(model, targets, report)
+    if example_input is not None:
+        watched = {id(m): m for m in root.modules() if targets.for_type(type(m)) is not None}
+        recorded = record(root, watched, example_input, functional == "report" and inner, report)
+    elif functional == "report" and inner:
+        find_in_code(root, report)
+
+    # The walk and the filter.
+    chosen, every = _choose(root, targets, filter_fn, report)
+    affine_jobs = [(key, slots[0].child, targets.for_type(type(slots[0].child)), slots, every[key])
+                   for key, slots in chosen.items() if targets.for_type(type(slots[0].child)).affine]
+    if affine_jobs and recorded is None and inner:
+        with contextlib.suppress(Exception):  # untraceable: only the structural rules size affine sites
+            traced = trace(unwrap(root), targets.leaves())
+    _refuse_discarded(chosen, recorded.discarded if recorded else discarded_calls(*traced) if traced else {})
+    replacements = {key: (targets.for_type(type(slots[0].child)).build(slots[0].child),
+                          targets.for_type(type(slots[0].child)).cls.__name__)
+                    for key, slots in chosen.items() if key not in {job[0] for job in affine_jobs}}
+    attachments = []
+    if affine_jobs:
+        sized, attachments = size_affine(type(model).__name__, affine_jobs, recorded, traced)
+        replacements.update(sized)
+
+    # The swap. Nothing above touched the model, so an error leaves it as it was.
+    if root is not model:
+        _move_hooks(model, root, share=True)
+    for key, slots in chosen.items():
+        new, description = replacements[key]
+        old = slots[0].child
+        _move_hooks(old, new, share=len(slots) == len(every[key]))
+        for slot in slots:
+            if slot.parent is None:
+                root = new
+            else:
+                slot.parent._modules[slot.name] = new
+            report.swapped.append(Swap(slot.fqn, type(old).__name__, description))
+    for dispatch, callers in attachments:
+        for index, caller in enumerate(callers):
+            dispatch.attach(caller if caller is not None else root, index)
+
+    _check_something_done(model, root, report, targets, example_input is None and functional == "report" and inner)
+    logger.info("%s", report)
+    return (root, report) if return_report else root
+
+
+class _Slot(NamedTuple):
+    parent: Optional[nn.Module]
+    name: Optional[str]
+    child: nn.Module
+    fqn: str
+
+
+def _slots(root: nn.Module) -> List[_Slot]:
+    """Every (parent, attribute) holding a module, in module order; an instance under two parents gives two."""
+    slots = [_Slot(None, None, root, "")]
+    seen = {id(root)}
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        if isinstance(module, (LayerAct, CallSiteActs)):
+            return
+        for name, child in module._modules.items():
+            if child is not None:
+                slots.append(_Slot(module, name, child, strip_wrappers(f"{prefix}{name}")))
+                if id(child) not in seen:
+                    seen.add(id(child))
+                    visit(child, f"{prefix}{name}.")
+
+    visit(root, "")
+    return slots
+
+
+def _describe(module: nn.Module) -> str:
+    if isinstance(module, CallSiteActs):
+        return f"CallSiteActs of {_describe(module.sites[0])}"
+    return type(module).__name__ + ("(affine)" if getattr(module, "affine", False) else "")
+
+
+def _choose(root: nn.Module, targets: Targets, filter_fn: Optional[Callable], report: ConversionReport):
+    """The slots to convert, by module instance, and every slot of each instance; skips go into the report."""
+    gates = gate_types()
+    chosen: Dict[int, List[_Slot]] = defaultdict(list)
+    every: Dict[int, List[_Slot]] = defaultdict(list)
+    for slot in _slots(root):
+        module = slot.child
+        first_time = id(module) not in every
+        every[id(module)].append(slot)
+        converted = isinstance(module, (LayerAct, CallSiteActs))
+        target = targets.for_type(type(module.sites[0] if isinstance(module, CallSiteActs) else module))
+        name = type(module).__name__
+        wanted = target or targets.requested
+        if converted and (wanted is None or wanted.matches(module)):
+            reason = "already LayerAct"
+        elif converted and target is None:  # `to` named a target: what was converted before stays as it is
+            reason = f"already {_describe(module)}, not re-targeted to {wanted.describe()}"
+        elif converted and (isinstance(module, CallSiteActs) or module.affine):
+            reason = (f"already {_describe(module)}, not re-targeted to {wanted.describe()}: that would drop its "
+                      f"trained weight and bias")
+        elif isinstance(module, gates) or (slot.name in _GATE_SLOTS and (target or is_activation(module))):
+            reason = "gate, never converted"
+        elif target is None:
+            if not is_activation(module):
+                continue
+            reason = "not a target type" + (f"; to={{nn.{name}: 'la_silu'}} would convert it"
+                                            if type(module).__module__.startswith("torch.nn") else "")
+        elif filter_fn is not None and not filter_fn(module, slot.fqn):
+            report.skipped.append(Skip(slot.fqn, name, "excluded by filter_fn"))
+            continue
+        else:
+            chosen[id(module)].append(slot)
+            continue
+        if first_time:
+            report.skipped.append(Skip(slot.fqn, name, reason))
+    return chosen, every
+
+
+def _refuse_discarded(chosen: Dict[int, List[_Slot]], discarded: Dict[int, Any]) -> None:
+    """An in-place activation called for its side effect (`self.act(y); return y`) would, as a LayerAct (never in
+    place), silently stop acting: refuse, naming each and the fix."""
+    found = [(name, module) for key, (name, module) in discarded.items()
+             if key in chosen and getattr(module, "inplace", False) and not isinstance(module, LayerAct)]
+    if found:
+        names = ", ".join(f"{name} ({type(module).__name__}(inplace=True))" for name, module in found)
+        raise ValueError(f"convert_activations: the model calls {names} for its in-place side effect and discards "
+                         f"the result (like `self.act(y); return y`). LayerAct never works in place, so after the "
+                         f"conversion that call would silently do nothing. Assign the result where the model calls "
+                         f"it (`y = self.act(y)`), or keep it as it is with "
+                         f"filter_fn=lambda module, fqn: fqn != {found[0][0]!r}")
+
+
+def _move_hooks(old: nn.Module, new: nn.Module, share: bool) -> None:
+    """Give `new` the hooks of `old`; shared dicts keep the user's RemovableHandles working."""
+    for attr in _HOOK_ATTRS:
+        value = old.__dict__.get(attr)
+        if value is not None:
+            new.__dict__[attr] = value if share or isinstance(value, bool) else copy.copy(value)
+
+
+def _check_something_done(model: nn.Module, root: nn.Module, report: ConversionReport, targets: Targets,
+                          may_trace: bool) -> None:
+    """Never a silent no-op: nothing converted (now or before) raises, naming the model and what it has instead;
+    functional calls left behind and converted modules not re-targeted warn."""
+    kept = [s for s in report.skipped if "not re-targeted" in s.reason]
+    if kept:
+        warnings.warn(f"convert_activations: {len(kept)} module(s) of {type(model).__name__} were converted before "
+                      f"and are kept as they are, not re-targeted ({kept[0].fqn or '<root>'}: {kept[0].reason}); "
+                      f"convert the original model instead, or re-target non-affine ones with a mapping, e.g. "
+                      f"to={{{kept[0].type}: 'la_hardsilu'}}", UserWarning, stacklevel=3)
+    converted = report.swapped or any(isinstance(m, (LayerAct, CallSiteActs)) for m in root.modules())
+    if not converted and may_trace and not report.pending_functional():
+        # Only here, explaining an error, is a plain swap worth a trace: it also sees helper functions' calls.
+        find_by_tracing(root, targets.leaves(), report)
+    pending = report.pending_functional()
+    labels = ", ".join(f"{k} x{n}" for k, n in Counter(c.function for c in pending).items())
+    if converted:
+        if pending:
+            warnings.warn(f"convert_activations: {type(model).__name__} makes {len(pending)} functional activation "
+                          f"call(s) that a module swap cannot reach ({labels}, e.g. in {pending[0].fqn or '<root>'}); "
+                          f"functional='convert' turns them into LayerAct (the model becomes a torch.fx "
+                          f"GraphModule), functional='ignore' silences this", UserWarning, stacklevel=3)
+        return
+    excluded = sum(1 for s in report.skipped if s.reason == "excluded by filter_fn")
+    others = Counter(s.type for s in report.skipped if s.reason.startswith("not a target"))
+    hints = []
+    if excluded:
+        hints.append(f"filter_fn excluded all {excluded} candidates")
+    if pending:
+        hints.append(f"its activations are functional calls ({labels}): pass functional='convert'")
+    if others:
+        hints.append(f"it has {', '.join(f'{t} x{n}' for t, n in others.items())}: map them, e.g. "
+                     f"to={{nn.{next(iter(others))}: 'la_silu'}}")
+    raise ValueError(f"convert_activations found nothing to convert in {type(model).__name__}"
+                     + ("; " + "; ".join(hints) if hints else
+                        ": it has no ReLU, SiLU or Hardswish modules (nor timm's Swish/HardSwish)"))
