@@ -17,7 +17,7 @@ from torch import nn
 from .. import catalogue
 from .report import ConversionReport, FunctionalCall
 from .targets import Targets, is_activation
-from .tracing import LeafTracer, node_scope, trace
+from .tracing import discarded_calls, node_scope, trace
 from .wrappers import is_wrapper, strip_wrappers, unwrap
 
 __all__ = ["find_in_code", "find_by_tracing", "rewrite"]
@@ -48,9 +48,12 @@ def _labels_in_code(code: CodeType, scope: Dict[str, Any], sources, methods) -> 
         if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
             chain = ("global", scope.get(name))
         elif ins.opname in ("LOAD_ATTR", "LOAD_METHOD") and chain[0] == "global":
-            chain = ("global", getattr(chain[1], name, None))
+            try:
+                chain = ("global", getattr(chain[1], name, None))
+            except Exception:  # a property that fails outside its context: not a function we know
+                chain = ("global", None)
         elif ins.opname in ("LOAD_ATTR", "LOAD_METHOD"):
-            if chain[0] == "value" and name in methods:  # an attribute of self stays "self": self.relu is a module
+            if chain[0] == "value" and name in methods:  # x.relu() is the Tensor method; self.a.relu a submodule
                 labels.append(methods[name][0])
             continue
         else:
@@ -68,8 +71,8 @@ def _labels_in_code(code: CodeType, scope: Dict[str, Any], sources, methods) -> 
 def find_in_code(root: nn.Module, report: ConversionReport) -> None:
     """Report the functional activations each module's forward names in its code: cheap, no trace, no forward.
 
-    Static, so a call in a branch not taken is listed too and one in a helper function is missed; an
-    example_input gives the exact picture.
+    Static, so a call in a branch not taken is listed too, and one in a helper function or through an attribute
+    (nn.TransformerEncoderLayer's `self.activation = F.relu`) is missed; an example_input gives the exact picture.
     """
     sources = catalogue.functional_sources()
     methods = _methods(sources)
@@ -131,10 +134,11 @@ def _find(root: nn.Module, path: str) -> Any:
     return obj
 
 
-def rewrite(root: nn.Module, targets: Targets, report: ConversionReport) -> Tuple[nn.Module, LeafTracer, fx.Graph]:
+def rewrite(root: nn.Module, targets: Targets, report: ConversionReport) -> Tuple[nn.Module, Dict[int, Any]]:
     """Rewrite functional activations into module calls (nn.ReLU, ...) that the swap then converts.
 
-    Returns the new root (a GraphModule, or `root` itself when nothing was rewritten) and the trace.
+    Returns the new root (a GraphModule, or `root` itself when nothing was rewritten) and the module calls
+    whose result the trace shows unused (see tracing.discarded_calls).
     """
     if is_wrapper(root):
         raise ValueError(f"functional='convert' rewrites the model with torch.fx and cannot see through "
@@ -146,6 +150,7 @@ def rewrite(root: nn.Module, targets: Targets, report: ConversionReport) -> Tupl
         raise ValueError(f"functional='convert' needs a model torch.fx can trace, and tracing {type(root).__name__} "
                          f"failed ({type(err).__name__}: {err}); use functional='report' to list its functional "
                          f"activations, or 'ignore'") from err
+    discarded = discarded_calls(tracer, graph)
     gm = fx.GraphModule(tracer.root, graph, class_name=type(root).__name__)
     order = {node: i for i, node in enumerate(graph.nodes)}
     sources = catalogue.functional_sources()
@@ -175,7 +180,7 @@ def rewrite(root: nn.Module, targets: Targets, report: ConversionReport) -> Tupl
             scope, status, changed = name, f"now module {name}", True
         report.functional.append(FunctionalCall(scope, label, status))
     if not changed:
-        return root, tracer, graph  # nothing rewritten: keep the user's model object (idempotence)
+        return root, discarded  # nothing rewritten: keep the user's model object (idempotence)
     graph.lint()
     gm.recompile()
     gm.training = root.training
@@ -190,4 +195,4 @@ def rewrite(root: nn.Module, targets: Targets, report: ConversionReport) -> Tupl
     if missing:
         report.notes.append(f"unused by the traced forward, so not in the new state_dict: {', '.join(missing[:10])}"
                             + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
-    return gm, tracer, graph
+    return gm, discarded

@@ -94,27 +94,29 @@ def convert_activations(model: nn.Module, to: Union[str, type, Mapping[type, Any
     inner = not is_activation(model)  # a root that is itself an activation makes no functional calls to find
 
     # What the model does when it runs, as far as asked. Nothing here changes the model.
-    root, recorded, traced = model, None, None
+    root, recorded, traced, discarded = model, None, None, {}
     if functional == "convert" and inner:
-        root, *traced = rewrite(model, targets, report)
+        root, discarded = rewrite(model, targets, report)
     if example_input is not None:
         watched = {id(m): m for m in root.modules() if targets.for_type(type(m)) is not None}
         recorded = record(root, watched, example_input, functional == "report" and inner, report)
+        discarded = recorded.discarded
     elif functional == "report" and inner:
         find_in_code(root, report)
 
-    # The walk and the filter.
+    # The walk and the filter, then what replaces each chosen module.
     chosen, every = _choose(root, targets, filter_fn, report)
-    affine_jobs = [(key, slots[0].child, targets.for_type(type(slots[0].child)), slots, every[key])
-                   for key, slots in chosen.items() if targets.for_type(type(slots[0].child)).affine]
-    if affine_jobs and recorded is None and inner:
+    plan = {key: targets.for_type(type(slots[0].child)) for key, slots in chosen.items()}
+    if recorded is None and inner and any(t.affine for t in plan.values()):
         with contextlib.suppress(Exception):  # untraceable: only the structural rules size affine sites
             traced = trace(unwrap(root), targets.leaves())
-    _refuse_discarded(chosen, recorded.discarded if recorded else discarded_calls(*traced) if traced else {})
-    replacements = {key: (targets.for_type(type(slots[0].child)).build(slots[0].child),
-                          targets.for_type(type(slots[0].child)).cls.__name__)
-                    for key, slots in chosen.items() if key not in {job[0] for job in affine_jobs}}
+            discarded = discarded_calls(*traced)
+    _refuse_discarded(chosen, discarded)
+    replacements = {key: (target.build(chosen[key][0].child), target.cls.__name__)
+                    for key, target in plan.items() if not target.affine}
     attachments = []
+    affine_jobs = [(key, chosen[key][0].child, target, chosen[key], every[key])
+                   for key, target in plan.items() if target.affine]
     if affine_jobs:
         sized, attachments = size_affine(type(model).__name__, affine_jobs, recorded, traced)
         replacements.update(sized)
@@ -239,10 +241,12 @@ def _check_something_done(model: nn.Module, root: nn.Module, report: ConversionR
     functional calls left behind and converted modules not re-targeted warn."""
     kept = [s for s in report.skipped if "not re-targeted" in s.reason]
     if kept:
+        wanted = targets.requested
+        fix = "" if wanted is None else (f", or re-target non-affine ones with a mapping: to={{{kept[0].type}: "
+                                         f"{wanted.cls.__name__}}}" + (", affine=True" if wanted.affine else ""))
         warnings.warn(f"convert_activations: {len(kept)} module(s) of {type(model).__name__} were converted before "
-                      f"and are kept as they are, not re-targeted ({kept[0].fqn or '<root>'}: {kept[0].reason}); "
-                      f"convert the original model instead, or re-target non-affine ones with a mapping, e.g. "
-                      f"to={{{kept[0].type}: 'la_hardsilu'}}", UserWarning, stacklevel=3)
+                      f"and are kept as they are ({kept[0].fqn or '<root>'}: {kept[0].reason}); convert the original "
+                      f"model instead{fix}", UserWarning, stacklevel=3)
     converted = report.swapped or any(isinstance(m, (LayerAct, CallSiteActs)) for m in root.modules())
     if not converted and may_trace and not report.pending_functional():
         # Only here, explaining an error, is a plain swap worth a trace: it also sees helper functions' calls.
