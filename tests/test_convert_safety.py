@@ -104,11 +104,13 @@ def test_non_activation_source_types_are_refused(source):
 
 def test_converting_again_with_another_target_says_so_and_keeps_the_model():
     model = convert_activations(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU()))
-    for kwargs, wanted in ((dict(to="la_hardsilu"), "LAHardSiLU"), (dict(affine=True), r"LASiLU\(affine\)")):
-        with pytest.warns(UserWarning, match="not re-targeted"):
+    for kwargs, wanted, fix in ((dict(to="la_hardsilu"), "LAHardSiLU", "to={LASiLU: LAHardSiLU}"),
+                                (dict(affine=True), "LASiLU(affine)", "to={LASiLU: LASiLU}, affine=True")):
+        with pytest.warns(UserWarning, match="not re-targeted") as caught:
             again, report = convert_activations(model, return_report=True, **kwargs)
+        assert fix in str(caught[0].message)
         assert again is model and type(model[2]) is LASiLU and not model[2].affine
-        assert [s.reason for s in report.skipped] == [f"already LASiLU, not re-targeted to {wanted}".replace("\\", "")]
+        assert [s.reason for s in report.skipped] == [f"already LASiLU, not re-targeted to {wanted}"]
 
     # Re-targeting is explicit: a mapping that names the LayerAct class (non-affine modules lose nothing).
     model = convert_activations(model, to={LASiLU: "la_hardsilu"}, affine=True, example_input=torch.randn(2, 3, 4, 4))

@@ -10,7 +10,7 @@ import copy
 import logging
 import warnings
 from collections import Counter, defaultdict
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 from torch import nn
 
@@ -105,7 +105,7 @@ def convert_activations(model: nn.Module, to: Union[str, type, Mapping[type, Any
         find_in_code(root, report)
 
     # The walk and the filter, then what replaces each chosen module.
-    chosen, every = _choose(root, targets, filter_fn, report)
+    chosen, every, kept = _choose(root, targets, filter_fn, report)
     plan = {key: targets.for_type(type(slots[0].child)) for key, slots in chosen.items()}
     if recorded is None and inner and any(t.affine for t in plan.values()):
         with contextlib.suppress(Exception):  # untraceable: only the structural rules size affine sites
@@ -138,6 +138,7 @@ def convert_activations(model: nn.Module, to: Union[str, type, Mapping[type, Any
         for index, caller in enumerate(callers):
             dispatch.attach(caller if caller is not None else root, index)
 
+    _warn_not_retargeted(model, kept, targets)
     _check_something_done(model, root, report, targets, example_input is None and functional == "report" and inner)
     logger.info("%s", report)
     return (root, report) if return_report else root
@@ -176,10 +177,12 @@ def _describe(module: nn.Module) -> str:
 
 
 def _choose(root: nn.Module, targets: Targets, filter_fn: Optional[Callable], report: ConversionReport):
-    """The slots to convert, by module instance, and every slot of each instance; skips go into the report."""
+    """The slots to convert, by module instance; every slot of each instance; the converted modules that differ
+    from their target and are kept. Skips go into the report."""
     gates = gate_types()
     chosen: Dict[int, List[_Slot]] = defaultdict(list)
     every: Dict[int, List[_Slot]] = defaultdict(list)
+    kept: List[Tuple[str, nn.Module, str]] = []
     for slot in _slots(root):
         module = slot.child
         first_time = id(module) not in every
@@ -210,7 +213,9 @@ def _choose(root: nn.Module, targets: Targets, filter_fn: Optional[Callable], re
             continue
         if first_time:
             report.skipped.append(Skip(slot.fqn, name, reason))
-    return chosen, every
+            if "not re-targeted" in reason:
+                kept.append((slot.fqn, module, reason))
+    return chosen, every, kept
 
 
 def _refuse_discarded(chosen: Dict[int, List[_Slot]], discarded: Dict[int, Any]) -> None:
@@ -235,18 +240,25 @@ def _move_hooks(old: nn.Module, new: nn.Module, share: bool) -> None:
             new.__dict__[attr] = value if share or isinstance(value, bool) else copy.copy(value)
 
 
+def _warn_not_retargeted(model: nn.Module, kept: List[Tuple[str, nn.Module, str]], targets: Targets) -> None:
+    """Converting again with another target (or affine=True) keeps what was converted, and says so."""
+    if not kept:
+        return
+    fqn, _, reason = kept[0]
+    movable = [type(m).__name__ for _, m, _ in kept if isinstance(m, LayerAct) and not m.affine]
+    wanted = targets.requested
+    fix = "" if not movable or wanted is None else (
+        f", or re-target the non-affine ones with a mapping: to={{{movable[0]}: {wanted.cls.__name__}}}"
+        + (", affine=True" if wanted.affine else ""))
+    warnings.warn(f"convert_activations: {len(kept)} module(s) of {type(model).__name__} were converted before and "
+                  f"are kept as they are ({fqn or '<root>'}: {reason}); convert the original model instead{fix}",
+                  UserWarning, stacklevel=3)
+
+
 def _check_something_done(model: nn.Module, root: nn.Module, report: ConversionReport, targets: Targets,
                           may_trace: bool) -> None:
     """Never a silent no-op: nothing converted (now or before) raises, naming the model and what it has instead;
-    functional calls left behind and converted modules not re-targeted warn."""
-    kept = [s for s in report.skipped if "not re-targeted" in s.reason]
-    if kept:
-        wanted = targets.requested
-        fix = "" if wanted is None else (f", or re-target non-affine ones with a mapping: to={{{kept[0].type}: "
-                                         f"{wanted.cls.__name__}}}" + (", affine=True" if wanted.affine else ""))
-        warnings.warn(f"convert_activations: {len(kept)} module(s) of {type(model).__name__} were converted before "
-                      f"and are kept as they are ({kept[0].fqn or '<root>'}: {kept[0].reason}); convert the original "
-                      f"model instead{fix}", UserWarning, stacklevel=3)
+    functional calls left behind warn."""
     converted = report.swapped or any(isinstance(m, (LayerAct, CallSiteActs)) for m in root.modules())
     if not converted and may_trace and not report.pending_functional():
         # Only here, explaining an error, is a plain swap worth a trace: it also sees helper functions' calls.
