@@ -43,5 +43,5 @@ def load_cifar_c(directory, name: str, severity: int) -> Tuple[Tensor, Tensor]:
         raise ValueError(f"{label_path} has {len(labels)} labels for the {len(images)} images of {image_path}")
     per = len(images) // len(SEVERITIES)
     part = slice((severity - 1) * per, severity * per)
-    chunk = torch.from_numpy(np.ascontiguousarray(images[part])).permute(0, 3, 1, 2).contiguous()
-    return chunk, torch.from_numpy(np.asarray(labels[part]).astype(np.int64))
+    nhwc = torch.from_numpy(np.array(images[part]))  # a copy: the memory map is read-only
+    return nhwc.permute(0, 3, 1, 2).contiguous(), torch.from_numpy(np.asarray(labels[part]).astype(np.int64))
