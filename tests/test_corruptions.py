@@ -85,6 +85,7 @@ def test_change_grows_with_severity(name):
 
 @pytest.mark.parametrize("bad, message", [
     (dict(name="gaussian"), "valid names: gaussian_noise"),
+    (dict(name=["fog"]), "valid names: gaussian_noise"),
     (dict(severity=0), "severity must be one of (1, 2, 3, 4, 5)"),
     (dict(severity=6), "severity must be one of"),
     (dict(severity=True), "severity must be one of"),

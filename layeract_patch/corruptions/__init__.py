@@ -82,7 +82,7 @@ assert set(_FUNCTIONS) == set(CORRUPTIONS)
 
 
 def check_name_and_severity(name, severity) -> None:
-    if name not in _FUNCTIONS:
+    if not isinstance(name, str) or name not in _FUNCTIONS:
         raise ValueError(f"unknown corruption {name!r}; valid names: {', '.join(CORRUPTIONS)}")
     if isinstance(severity, bool) or severity not in SEVERITIES:
         raise ValueError(f"severity must be one of {SEVERITIES} (an int), got {severity!r}")
