@@ -127,7 +127,7 @@ def test_resume_of_a_finished_run_and_its_guards(folder, tmp_path, capsys, monke
     def no_training(*a, **k):
         raise AssertionError("a finished seed must not train again")
 
-    monkeypatch.setattr("layeract_patch.training.loop.TrainBatches", no_training)
+    monkeypatch.setattr("layeract_patch.training.cifar.TrainBatches", no_training)
     assert recipe(RESNET, *args, "--resume", capsys=capsys)[0] == 0
     assert read_json(tmp_path / "run" / "results.json")["test"] == before["test"]
 
@@ -163,7 +163,7 @@ def test_torchrun_two_processes_train_like_one(folder, tmp_path, capsys):
     # weights agree up to float summation order; each rank sees its half of the same augmented batch.
     args = ["--depth", "8", "--norm", "ln", "--data-dir", str(folder), "--max-iter", "6", "--batch-size", "8",
             "--eval-every", "3", "--log-every", "3", "--device", "cpu"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))  # this checkout, not an installed copy
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              str(RESNET), *args, "--out", str(tmp_path / "ddp")],
                             capture_output=True, text=True, env=env, timeout=300)

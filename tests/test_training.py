@@ -15,12 +15,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from layeract_patch.training import Progress, load_checkpoint, load_images, save_checkpoint, stratified_split
-from layeract_patch.training.augment import normalize, random_crop_flip
+from layeract_patch.training.batches import TrainBatches, normalize, random_crop_flip
 from layeract_patch.training.data import dataset_stats
-from layeract_patch.training.interrupt import GracefulStop
-from layeract_patch.training.loader import TrainBatches
+from layeract_patch.training.spine import GracefulStop
 from layeract_patch.training.metrics import evaluate
-from layeract_patch.training.plots import plot_losses
+from layeract_patch.training.results import plot_losses
 from layeract_patch.training.results import format_summary, summarize, write_csv, write_json
 
 
@@ -175,7 +174,7 @@ def test_imagefolder_grayscale_resize_and_errors(tmp_path):
     assert images.shape == (6, 1, 32, 32)
     assert load_images(root, "mnist", train=True, image_size=16)[0].shape == (6, 1, 16, 16)
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(root / "train" / "class_0" / "odd.png")
-    with pytest.raises(ValueError, match="differ in size.*image_size"):
+    with pytest.raises(ValueError, match="differ in size.*resize them"):
         load_images(root, "mnist", train=True)
     (root / "test" / "class_9").mkdir()
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "test" / "class_9" / "x.png")
