@@ -131,7 +131,10 @@ def check_resume(saved: Mapping, current: Mapping, path: PathLike, extendable: S
         if key in extendable and isinstance(before, int) and isinstance(now, int) and now > before:
             extended.append(f"{key} {before} -> {now}")
             continue
-        differ.append(f"{flag(key)} {_shown(before)}, not {_shown(now)}")
+        if key == "data":  # not a flag: the fingerprint of the data set found under --data-dir
+            differ.append(f"the data set {_shown(before)}, not {_shown(now)}")
+        else:
+            differ.append(f"{flag(key)} {_shown(before)}, not {_shown(now)}")
     if differ:
         more = (f" (a larger {', '.join(flag(k) for k in extendable)} may extend a run)" if extendable else "")
         raise ValueError(f"{str(path)!r} was written by a run with other settings: {'; '.join(differ)}; resume with "
