@@ -308,3 +308,18 @@ def test_auto_maps_hard_swish_to_la_hardsilu():
     from layeract_patch.convert import convert_activations
 
     assert isinstance(convert_activations(model, to=to)[1], LAHardSiLU)
+
+
+def test_resume_refuses_a_changed_data_set(image_root, timm_weights, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(image_root, data)
+    args = ("--model", "timm/test_efficientnet", "--weights", timm_weights[0], "--data-dir", data, "--lr", "3e-3",
+            "--max-iter", "2")
+    assert cli(*args, out=tmp_path / "run") == 0
+    shutil.copy(data / "train" / "class_0" / "0.png", data / "train" / "class_0" / "extra.png")
+    capsys.readouterr()
+    assert cli(*args, "--resume", out=tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert "the data set" in err and "'train_images': 24" in err and "'train_images': 25" in err

@@ -146,7 +146,8 @@ def test_bad_arguments_get_a_one_line_error_and_exit_code_2(image_folder, tmp_pa
     empty = tmp_path / "empty"
     empty.mkdir()
     assert recipe.run(["--data-dir", str(empty), "--out", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.startswith(f"scale_correlation.py: error: data dir {str(empty)!r} holds no usable data")
+    err = capsys.readouterr().err
+    assert err.startswith(f"scale_correlation.py: error: data dir {str(empty)!r} holds no usable data")
 
 
 def test_a_missing_data_dir_fails_cleanly_from_the_command_line(tmp_path):
@@ -158,3 +159,18 @@ def test_a_missing_data_dir_fails_cleanly_from_the_command_line(tmp_path):
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith(f"scale_correlation.py: error: data dir {str(missing)!r} does not exist")
     assert "--download" in result.stderr
+
+
+def test_an_existing_study_is_replaced_only_with_overwrite(image_folder, tmp_path, capsys):
+    recipe = _recipe()
+    argv = ["--data-dir", str(image_folder), "--widths", "4", "--acts", "relu", "--seeds", "0", "--max-iter", "2",
+            "--batch-size", "16", "--device", "cpu", "--out", str(tmp_path / "run")]
+    assert recipe.run(argv) == 0
+    (tmp_path / "run" / "summary.md").write_text("an earlier study")
+    assert recipe.run(argv + ["--max-iter", "4"]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "run" / "summary.md").read_text() == "an earlier study"
+    assert recipe.run(argv + ["--max-iter", "4", "--overwrite"]) == 0
+    with open(tmp_path / "run" / "correlations.csv", newline="") as f:
+        assert max(int(row["iteration"]) for row in csv.DictReader(f)) == 4
+    assert "4 iterations" in (tmp_path / "run" / "summary.md").read_text()

@@ -13,6 +13,7 @@ weights evaluated on the test set.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
@@ -123,7 +124,9 @@ def resolve(cfg: CifarConfig) -> CifarConfig:
         raise ValueError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
     out = cfg.out if cfg.out is not None else str(Path("runs") / f"{cfg.model_name}_{cfg.act}_{norm}")
     check_output_path(Path(out))
-    return replace(cfg, norm=norm, lr=lr, milestones=tuple(milestones), out=out)
+    # An absolute --data-dir: the same folder named from another working directory is the same setting.
+    data_dir = os.path.abspath(os.path.expanduser(cfg.data_dir))
+    return replace(cfg, norm=norm, lr=lr, milestones=tuple(milestones), out=out, data_dir=data_dir)
 
 
 @dataclass
