@@ -304,3 +304,13 @@ def test_init_is_recorded_and_reaches_the_model_builder(folder, tmp_path, capsys
     assert seen == ["torch"] and read_json(tmp_path / "torch" / "results.json")["init"] == "torch"
     code, _, err = recipe(RESNET, "--init", "xavier", capsys=capsys)
     assert code == 2 and "invalid choice: 'xavier'" in err
+
+
+def test_main_leaves_the_parsed_flags_as_they_were(folder, tmp_path, capsys):
+    module = runpy.run_path(str(RESNET))  # the recipe's library contract: get_args_parser() + main(args)
+    args = module["get_args_parser"]().parse_args(["--depth", "8", "--data-dir", str(folder), "--norm", "none",
+                                                   "--out", str(tmp_path / "run"), *SHORT])
+    before = dict(vars(args))
+    results = module["main"](args)
+    assert vars(args) == before and args.lr is None and args.milestones is None
+    assert results["args"]["lr"] == 0.01 and results["args"]["milestones"] == [4, 6]  # what ran is in the results

@@ -5,6 +5,7 @@ classifier) are trained on flattened images with the paper's MNIST schedule. At 
 the start and the end, the whole training set (or a fixed `eval_samples` subset of it) is passed
 through the model with a `ScaleMonitor` attached, and per activation layer the Pearson correlation
 between each sample's loss and its activation-scale sum is recorded, with the spread of those sums.
+Training is the shared loop (`training.spine.fit`), the measurement its per-epoch `on_eval`.
 
 The recipe `recipes/scale_correlation.py` is the command line; this module is everything it runs.
 """

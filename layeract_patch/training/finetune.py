@@ -6,9 +6,8 @@ it, evaluate again, fine-tune, evaluate a third time; optionally fine-tune the u
 the same budget as the fair baseline.
 
 Images go through the model's own preprocessing (timm's data config, torchvision's weights
-transforms) as per-image PIL transforms in DataLoader workers. Unlike the CIFAR recipes, which keep
-the whole set as one uint8 tensor on the device, a fine-tuning set at the model's resolution rarely
-fits in memory, and random resized crops need the full-size image.
+transforms) as per-image PIL transforms in DataLoader workers (folders.py); models and weights
+files are pretrained.py's; the training loop is spine.fit, as for every recipe.
 """
 from __future__ import annotations
 
@@ -226,12 +225,12 @@ def check_config(cfg: FinetuneConfig) -> FinetuneConfig:
         value = getattr(cfg, key)
         if value is not None and value <= 0:
             raise ValueError(f"{flag(key)} must be positive, got {value}")
-    for key in ("lr", "weight_decay", "momentum", "warmup_iters", "workers"):
+    for key in ("weight_decay", "momentum", "warmup_iters", "workers"):
         value = getattr(cfg, key)
         if value is not None and value < 0:
             raise ValueError(f"{flag(key)} must be >= 0, got {value}")
-    if cfg.lr == 0:
-        raise ValueError("--lr must be positive, got 0")
+    if cfg.lr is not None and not cfg.lr > 0:
+        raise ValueError(f"--lr must be positive, got {cfg.lr}")
     if not 0.0 <= cfg.smoothing < 1.0:
         raise ValueError(f"--smoothing (label smoothing) must be in [0, 1), got {cfg.smoothing}")
     if not 0.0 < cfg.min_scale <= 1.0:
