@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
@@ -117,9 +118,9 @@ def fit(run: Run, batches: Batches, loop: LoopConfig, *, on_eval: Optional[Calla
             save_checkpoint(run.state_dict(), loop.checkpoint)
         clock[0] = time.perf_counter()
 
-    progress = Progress(loop.max_iter, desc=loop.desc, stream=loop.stream) if dist.is_main else None
+    progress = Progress(loop.max_iter, desc=loop.desc, stream=loop.stream) if dist.is_main else nullcontext()
     run.model.train()
-    with GracefulStop(dist, device) as stop:
+    with GracefulStop(dist, device) as stop, progress:  # the bar's line is ended however the loop ends
         while run.step < loop.max_iter:
             inputs, targets = batches(run.step)
             with autocast:
@@ -132,7 +133,7 @@ def fit(run: Run, batches: Batches, loop: LoopConfig, *, on_eval: Optional[Calla
             run.scheduler.step()
             run.step += 1
             window += torch.stack([loss.detach().float(), one])
-            if progress is not None:
+            if dist.is_main:
                 progress.update(run.step, images=len(targets) * dist.world_size, loss=loss.detach(), lr=lr)
 
             evaluating = run.step == loop.max_iter or bool(loop.eval_every and run.step % loop.eval_every == 0)
@@ -150,12 +151,8 @@ def fit(run: Run, batches: Batches, loop: LoopConfig, *, on_eval: Optional[Calla
             if stop.should_stop(run.step):
                 lap()
                 save()
-                if progress is not None:
-                    progress.close()
                 where = f"; checkpoint saved to {loop.checkpoint}" if loop.checkpoint is not None else ""
                 raise KeyboardInterrupt(f"stopped at iteration {run.step}{where}")
-    if progress is not None:
-        progress.close()
     return run
 
 
