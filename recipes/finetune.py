@@ -15,6 +15,7 @@ import argparse
 import ast
 import sys
 from dataclasses import MISSING, fields
+from pathlib import Path
 from typing import Optional, Sequence
 
 from layeract_patch.training.finetune import ACT_CHOICES, OPTIMIZERS, FinetuneConfig, format_results, run_finetune
@@ -46,8 +47,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     d = _DEFAULTS
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help,
-                                     formatter_class=_HelpFormatter)
+    parser = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n\n")[0],
+                                     add_help=add_help, formatter_class=_HelpFormatter)
     parser.add_argument("--model", required=True, help="timm/<name> or torchvision/<name>")
     parser.add_argument("--weights", default=d["weights"],
                         help="local state_dict / timm or torchvision checkpoint; default: the library's pretrained "

@@ -6,20 +6,23 @@
 
 Writes DIR/correlations.csv (act, width, seed, layer, iteration, pearson, scale-sum spread, ...),
 DIR/summary.md (the printed table) and, when matplotlib is installed, DIR/correlations.png.
-The logic lives in layeract_patch/studies/scale_correlation.py.
+An existing study in DIR is only replaced with --overwrite. The logic lives in
+layeract_patch/studies/scale_correlation.py.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import List, Optional, Sequence
 
-from layeract_patch.studies.scale_correlation import (COLORS, StudyConfig, check_config, load_study_data,
-                                                      run_study)
+from layeract_patch.studies.scale_correlation import COLORS, StudyConfig, check_config, load_study_data, run_study
 
 
-def build_parser() -> argparse.ArgumentParser:
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     defaults = StudyConfig(data_dir="")
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n")[0], add_help=add_help,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data-dir", required=True,
                    help="a torchvision MNIST root, or an ImageFolder root with train/<class>/*")
@@ -40,20 +43,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure correlations on this many training images (a fixed subset) instead of all")
     p.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:N")
     p.add_argument("--out", default=defaults.out, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace a study already in --out")
     return p
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def main(args: argparse.Namespace) -> List[dict]:
+    """Library entry point: validate, load, run the study, return its rows (bad input raises ValueError)."""
+    names = {f.name for f in fields(StudyConfig)}
+    cfg = check_config(StudyConfig(**{k: v for k, v in vars(args).items() if k in names}))
+    return run_study(cfg, load_study_data(cfg))
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry point: bad input -> one `error:` line and exit 2, before anything is written."""
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
     try:
-        cfg = check_config(StudyConfig(**vars(args)))
-        data = load_study_data(cfg)
+        main(args)
     except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
-    run_study(cfg, data)
+    except FloatingPointError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; the rows of the finished runs are in --out", file=sys.stderr)
+        return 130
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -2,6 +2,7 @@
 import argparse
 import importlib.util
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from torch import nn
 
 from layeract_patch import LAHardSiLU
 from layeract_patch.training import finetune as ft
+from layeract_patch.training.progress import Progress
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("finetune_recipe", ROOT / "recipes" / "finetune.py")
@@ -102,7 +104,7 @@ def test_timm_checkpoint_is_converted_finetuned_and_reported(image_root, timm_we
     assert results["finetuned"]["loss"] < results["converted"]["loss"]  # and fine-tuning learns
 
     saved = torch.load(out / "checkpoint_finetuned.pt", weights_only=False)
-    assert saved["iteration"] == 8
+    assert saved["step"] == 8
     assert saved["model"].keys() == timm_weights[1].keys()  # affine=False adds nothing: weights stay portable
     assert not torch.equal(saved["model"]["conv_stem.weight"], timm_weights[1]["conv_stem.weight"])
     table = capsys.readouterr().out
@@ -131,17 +133,17 @@ def test_ctrl_c_saves_and_resume_matches_the_uninterrupted_run(image_root, timm_
     args = timm_args(image_root, timm_weights, "--max-iter", "6", "--save-every", "100")
     assert cli(*args, out=tmp_path / "whole") == 0
 
-    update = ft.Progress.update
+    update = Progress.update
 
     def press_ctrl_c_after_step_3(self, step, **metrics):
         update(self, step, **metrics)
         if step == 3:
             signal.raise_signal(signal.SIGINT)
 
-    monkeypatch.setattr(ft.Progress, "update", press_ctrl_c_after_step_3)
+    monkeypatch.setattr(Progress, "update", press_ctrl_c_after_step_3)
     assert cli(*args, out=tmp_path / "split") == 130
     monkeypatch.undo()
-    assert torch.load(tmp_path / "split" / "checkpoint_finetuned.pt", weights_only=False)["iteration"] == 3
+    assert torch.load(tmp_path / "split" / "checkpoint_finetuned.pt", weights_only=False)["step"] == 3
     assert "--resume" in capsys.readouterr().err
     assert cli(*args, "--resume", out=tmp_path / "split") == 0
 
@@ -212,7 +214,8 @@ def test_model_kwargs_reach_the_model_factory(timm_weights):
 def test_the_command_line_exits_2_with_one_line(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "recipes" / "finetune.py"), "--model", "resnet18",
                              "--data-dir", str(tmp_path), "--out", str(tmp_path / "out")],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))  # this checkout's package, not an installed one
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "error:" in result.stderr and "timm/<name>" in result.stderr
 
@@ -305,3 +308,18 @@ def test_auto_maps_hard_swish_to_la_hardsilu():
     from layeract_patch.convert import convert_activations
 
     assert isinstance(convert_activations(model, to=to)[1], LAHardSiLU)
+
+
+def test_resume_refuses_a_changed_data_set(image_root, timm_weights, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(image_root, data)
+    args = ("--model", "timm/test_efficientnet", "--weights", timm_weights[0], "--data-dir", data, "--lr", "3e-3",
+            "--max-iter", "2")
+    assert cli(*args, out=tmp_path / "run") == 0
+    shutil.copy(data / "train" / "class_0" / "0.png", data / "train" / "class_0" / "extra.png")
+    capsys.readouterr()
+    assert cli(*args, "--resume", out=tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert "the data set" in err and "'train_images': 24" in err and "'train_images': 25" in err

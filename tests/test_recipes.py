@@ -4,6 +4,7 @@ import json
 import math
 import os
 import runpy
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import torch
 
 from layeract_patch.models import cifar_resnet
 from layeract_patch.training import Progress
+from layeract_patch.training import load_images
 from test_training import make_cifar_root, make_imagefolder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,7 +129,7 @@ def test_resume_of_a_finished_run_and_its_guards(folder, tmp_path, capsys, monke
     def no_training(*a, **k):
         raise AssertionError("a finished seed must not train again")
 
-    monkeypatch.setattr("layeract_patch.training.loop.TrainBatches", no_training)
+    monkeypatch.setattr("layeract_patch.training.cifar.TrainBatches", no_training)
     assert recipe(RESNET, *args, "--resume", capsys=capsys)[0] == 0
     assert read_json(tmp_path / "run" / "results.json")["test"] == before["test"]
 
@@ -163,7 +165,7 @@ def test_torchrun_two_processes_train_like_one(folder, tmp_path, capsys):
     # weights agree up to float summation order; each rank sees its half of the same augmented batch.
     args = ["--depth", "8", "--norm", "ln", "--data-dir", str(folder), "--max-iter", "6", "--batch-size", "8",
             "--eval-every", "3", "--log-every", "3", "--device", "cpu"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))  # this checkout, not an installed copy
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              str(RESNET), *args, "--out", str(tmp_path / "ddp")],
                             capture_output=True, text=True, env=env, timeout=300)
@@ -178,3 +180,137 @@ def test_torchrun_two_processes_train_like_one(folder, tmp_path, capsys):
     assert ddp["test"]["top1"] == one["test"]["top1"]
     assert result.stdout.count("results in") == 1  # only rank 0 reports (and writes)
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["history.csv", "results.json", "seed_0"]
+
+
+# ---- records that never lie ----
+
+def hold_lock(out):
+    """Another process that claims --out and waits: a run in progress, as a second user would meet it."""
+    code = ("import sys, time\nfrom layeract_patch.training.outdir import claim_output\n"
+            "with claim_output(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n")
+    process = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True,
+                               env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert process.stdout.readline().strip() == "held"
+    return process
+
+
+def test_a_second_run_on_the_same_out_refuses_and_a_killed_ones_lock_is_not_stale(folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    holder = hold_lock(out)
+    try:
+        code, _, err = recipe(RESNET, "--depth", "8", "--data-dir", folder, "--out", out, *SHORT, capsys=capsys)
+        assert code == 2 and err.count("\n") == 1
+        assert f"is in use by another run (pid {holder.pid})" in err
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # the refused run wrote nothing
+    finally:
+        holder.kill()  # SIGKILL: no clean-up code runs, the kernel drops the lock
+        holder.wait()
+    (out / "seed_0").mkdir()
+    stale = out / "seed_0" / ".checkpoint.pt.x1y2.tmp"  # what a checkpoint write killed mid-way leaves
+    stale.write_bytes(b"half")
+    code, _, err = recipe(RESNET, "--depth", "8", "--data-dir", folder, "--out", out, *SHORT, capsys=capsys)
+    assert code == 0, err
+    assert not stale.exists() and not (out / ".lock").exists()
+
+
+def test_resume_refuses_changed_settings_listing_each(folder, tmp_path, capsys):
+    args = ["--depth", "8", "--data-dir", folder, "--out", tmp_path / "run", *SHORT]
+    assert recipe(RESNET, *args, capsys=capsys)[0] == 0
+    before = (tmp_path / "run" / "results.json").read_text()
+    other = make_imagefolder(tmp_path / "other", classes=3, per_class=(16, 6), seed=1)
+    code, _, err = recipe(RESNET, *args, "--resume", "--lr", "0.05", "--milestones", "2", "3", "--data-dir", other,
+                          capsys=capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "--lr 0.1, not 0.05" in err and "--milestones 4 6, not 2 3" in err and f"not {other}" in err
+    code, _, err = recipe(RESNET, *args, "--resume", "--max-iter", "6", capsys=capsys)
+    assert code == 2 and "--max-iter 8, not 6" in err  # a shorter run cannot be had by resuming
+    assert (tmp_path / "run" / "results.json").read_text() == before
+
+
+def test_resume_refuses_a_changed_data_set_in_the_same_folder(tmp_path, capsys):
+    data = make_imagefolder(tmp_path / "data", classes=3, per_class=(16, 6))
+    args = ["--depth", "8", "--data-dir", data, "--out", tmp_path / "run", *SHORT]
+    assert recipe(RESNET, *args, capsys=capsys)[0] == 0
+    shutil.copy(data / "train" / "class_0" / "001.png", data / "train" / "class_0" / "extra.png")
+    code, _, err = recipe(RESNET, *args, "--resume", "--max-iter", "12", capsys=capsys)
+    assert code == 2 and "the data set" in err and "'train_images': 48" in err and "'train_images': 49" in err
+
+
+def test_a_larger_max_iter_extends_the_run_exactly_and_says_so(folder, tmp_path, capsys):
+    common = ["--depth", "8", "--data-dir", folder, "--batch-size", "8", "--eval-every", "4", "--log-every", "2"]
+    assert recipe(RESNET, *common, "--max-iter", "8", "--out", tmp_path / "run", capsys=capsys)[0] == 0
+    code, _, err = recipe(RESNET, *common, "--max-iter", "12", "--out", tmp_path / "run", "--resume", capsys=capsys)
+    assert code == 0, err
+    # What ran: 12 iterations with the milestones the run started with (4, 6), not 50%/75% of 12.
+    assert recipe(RESNET, *common, "--max-iter", "12", "--milestones", "4", "6", "--out", tmp_path / "straight",
+                  capsys=capsys)[0] == 0
+    extended, straight = (read_json(tmp_path / d / "results.json") for d in ("run", "straight"))
+    assert extended["iterations"] == 12 and extended["milestones"] == [4, 6] == extended["args"]["milestones"]
+    assert extended["extensions"] == ["max_iter 8 -> 12"]
+    seed = read_json(tmp_path / "run" / "seed_0" / "results.json")
+    assert seed["iterations"] == 12 and seed["extensions"] == [{"at_iteration": 8, "max_iter": [8, 12]}]
+    a, b = (torch.load(tmp_path / d / "seed_0" / "checkpoint.pt", weights_only=False) for d in ("run", "straight"))
+    assert a["step"] == b["step"] == 12
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["train_log"] == b["train_log"]
+
+
+def test_imagefolder_is_normalised_with_its_own_statistics_and_recorded_as_itself(folder, tmp_path, capsys):
+    assert recipe(RESNET, "--depth", "8", "--data-dir", folder, "--out", tmp_path / "run", *SHORT,
+                  capsys=capsys)[0] == 0
+    results = read_json(tmp_path / "run" / "results.json")
+    assert results["dataset"] == f"imagefolder:{Path(folder).name}"
+    images = load_images(folder, train=True)[0].float().div(255)
+    mean = images.mean(dim=(0, 2, 3))
+    std = images.transpose(0, 1).reshape(3, -1).std(dim=1)
+    torch.testing.assert_close(torch.tensor(results["normalization"]["mean"]), mean)
+    torch.testing.assert_close(torch.tensor(results["normalization"]["std"]), std)
+
+
+def test_imagefolder_without_test_split_is_never_sent_to_torchvision(tmp_path, capsys):
+    data = make_imagefolder(tmp_path / "data", classes=3, per_class=(16, 6))
+    shutil.rmtree(data / "test")
+    code, _, err = recipe(RESNET, "--depth", "8", "--data-dir", data, "--out", tmp_path / "run", *SHORT,
+                          capsys=capsys)
+    assert code == 2 and "has no test/ (or val/)" in err and str(data / "test") in err
+    assert sorted(p.name for p in data.iterdir()) == ["train"]  # nothing downloaded into the user's folder
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_without_a_checkpoint_names_the_path(folder, tmp_path, capsys):
+    code, _, err = recipe(RESNET, "--depth", "8", "--data-dir", folder, "--out", tmp_path / "run", "--resume", *SHORT,
+                          capsys=capsys)
+    assert code == 2 and str(tmp_path / "run" / "seed_0" / "checkpoint.pt") in err and "without --resume" in err
+
+
+def test_init_is_recorded_and_reaches_the_model_builder(folder, tmp_path, capsys, monkeypatch):
+    assert recipe(RESNET, "--depth", "8", "--data-dir", folder, "--out", tmp_path / "he", *SHORT,
+                  capsys=capsys)[0] == 0
+    results = read_json(tmp_path / "he" / "results.json")
+    assert results["init"] == "he" == results["args"]["init"]
+
+    import layeract_patch.models as models
+
+    seen = []
+    build = models.cifar_resnet
+
+    def recording_builder(*args, init=None, **kwargs):  # until models/ takes `init`, record and build
+        seen.append(init)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(models, "cifar_resnet", recording_builder)
+    assert recipe(RESNET, "--depth", "8", "--init", "torch", "--data-dir", folder, "--out", tmp_path / "torch",
+                  *SHORT, capsys=capsys)[0] == 0
+    assert seen == ["torch"] and read_json(tmp_path / "torch" / "results.json")["init"] == "torch"
+    code, _, err = recipe(RESNET, "--init", "xavier", capsys=capsys)
+    assert code == 2 and "invalid choice: 'xavier'" in err
+
+
+def test_main_leaves_the_parsed_flags_as_they_were(folder, tmp_path, capsys):
+    module = runpy.run_path(str(RESNET))  # the recipe's library contract: get_args_parser() + main(args)
+    args = module["get_args_parser"]().parse_args(["--depth", "8", "--data-dir", str(folder), "--norm", "none",
+                                                   "--out", str(tmp_path / "run"), *SHORT])
+    before = dict(vars(args))
+    results = module["main"](args)
+    assert vars(args) == before and args.lr is None and args.milestones is None
+    assert results["args"]["lr"] == 0.01 and results["args"]["milestones"] == [4, 6]  # what ran is in the results

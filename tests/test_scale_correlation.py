@@ -1,6 +1,7 @@
 import csv
 import importlib.util
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +50,7 @@ def test_the_recipe_writes_correlations_summary_and_reports_the_grayscale_conver
     out = tmp_path / "run"
     argv = ["--data-dir", str(image_folder), "--widths", "4", "8", "--acts", "relu", "la_silu", "--seeds", "0", "1",
             "--max-iter", "6", "--batch-size", "16", "--eval-samples", "40", "--device", "cpu", "--out", str(out)]
-    assert _recipe().main(argv) == 0
+    assert _recipe().run(argv) == 0
     printed = capsys.readouterr().out
     assert "RGB converted to grayscale" in printed and "8x8 -> 64 features" in printed
     with open(out / "correlations.csv", newline="") as f:
@@ -136,22 +137,40 @@ def test_plot_is_written_with_matplotlib(tmp_path):
 
 def test_bad_arguments_get_a_one_line_error_and_exit_code_2(image_folder, tmp_path, capsys):
     recipe = _recipe()
-    assert recipe.main(["--data-dir", str(image_folder), "--acts", "relu", "gelu_x", "--out", str(tmp_path)]) == 2
+    assert recipe.run(["--data-dir", str(image_folder), "--acts", "relu", "gelu_x", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: unknown activation 'gelu_x'") and "la_silu" in err and err.count("\n") == 1
-    assert recipe.main(["--data-dir", str(image_folder), "--eval-samples", "1", "--out", str(tmp_path)]) == 2
+    assert err.startswith("scale_correlation.py: error: unknown activation 'gelu_x'") and "la_silu" in err
+    assert err.count("\n") == 1
+    assert recipe.run(["--data-dir", str(image_folder), "--eval-samples", "1", "--out", str(tmp_path)]) == 2
     assert "--eval-samples must be >= 2" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert recipe.main(["--data-dir", str(empty), "--out", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.startswith(f"error: data dir {str(empty)!r} holds no usable data")
+    assert recipe.run(["--data-dir", str(empty), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"scale_correlation.py: error: data dir {str(empty)!r} holds no usable data")
 
 
 def test_a_missing_data_dir_fails_cleanly_from_the_command_line(tmp_path):
     missing = tmp_path / "nowhere"
     result = subprocess.run([sys.executable, str(RECIPE), "--data-dir", str(missing), "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(RECIPE.parents[1])))  # this checkout's package
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
-    assert result.stderr.startswith(f"error: data dir {str(missing)!r} does not exist")
+    assert result.stderr.startswith(f"scale_correlation.py: error: data dir {str(missing)!r} does not exist")
     assert "--download" in result.stderr
+
+
+def test_an_existing_study_is_replaced_only_with_overwrite(image_folder, tmp_path, capsys):
+    recipe = _recipe()
+    argv = ["--data-dir", str(image_folder), "--widths", "4", "--acts", "relu", "--seeds", "0", "--max-iter", "2",
+            "--batch-size", "16", "--device", "cpu", "--out", str(tmp_path / "run")]
+    assert recipe.run(argv) == 0
+    (tmp_path / "run" / "summary.md").write_text("an earlier study")
+    assert recipe.run(argv + ["--max-iter", "4"]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "run" / "summary.md").read_text() == "an earlier study"
+    assert recipe.run(argv + ["--max-iter", "4", "--overwrite"]) == 0
+    with open(tmp_path / "run" / "correlations.csv", newline="") as f:
+        assert max(int(row["iteration"]) for row in csv.DictReader(f)) == 4
+    assert "4 iterations" in (tmp_path / "run" / "summary.md").read_text()

@@ -15,12 +15,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from layeract_patch.training import Progress, load_checkpoint, load_images, save_checkpoint, stratified_split
-from layeract_patch.training.augment import normalize, random_crop_flip
+from layeract_patch.training.batches import TrainBatches, normalize, random_crop_flip
 from layeract_patch.training.data import dataset_stats
-from layeract_patch.training.interrupt import GracefulStop
-from layeract_patch.training.loader import TrainBatches
+from layeract_patch.training.spine import GracefulStop
 from layeract_patch.training.metrics import evaluate
-from layeract_patch.training.plots import plot_losses
+from layeract_patch.training.results import plot_losses
 from layeract_patch.training.results import format_summary, summarize, write_csv, write_json
 
 
@@ -175,7 +174,7 @@ def test_imagefolder_grayscale_resize_and_errors(tmp_path):
     assert images.shape == (6, 1, 32, 32)
     assert load_images(root, "mnist", train=True, image_size=16)[0].shape == (6, 1, 16, 16)
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(root / "train" / "class_0" / "odd.png")
-    with pytest.raises(ValueError, match="differ in size.*image_size"):
+    with pytest.raises(ValueError, match="differ in size.*resize them"):
         load_images(root, "mnist", train=True)
     (root / "test" / "class_9").mkdir()
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "test" / "class_9" / "x.png")
@@ -344,3 +343,87 @@ def test_graceful_stop_first_signal_sets_flag_second_interrupts():
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is previous
+
+
+# ---- the spine: one loop, one checkpoint format, one resume rule ----
+
+def tiny_run(settings=None):
+    from layeract_patch.training.spine import Run
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [3], gamma=0.1)
+    return Run(model, optimizer, scheduler, settings=settings or {"lr": 0.1, "max_iter": 6})
+
+
+def step_batches(step):
+    generator = torch.Generator().manual_seed(step)  # a batch is a function of its step: resumable
+    return torch.randn(5, 4, generator=generator), torch.randint(0, 3, (5,), generator=generator)
+
+
+def test_fit_stopped_and_resumed_equals_a_straight_run(tmp_path):
+    from layeract_patch.training.spine import LoopConfig, fit
+
+    evaluated = []
+    straight = fit(tiny_run(), step_batches, LoopConfig(6, log_every=2, eval_every=3),
+                   on_eval=lambda run: evaluated.append(run.step))
+    assert evaluated == [3, 6] and [row["iteration"] for row in straight.train_log] == [2, 3, 4, 6]
+
+    path = tmp_path / "checkpoint.pt"
+    first = fit(tiny_run(), step_batches, LoopConfig(4, log_every=2, eval_every=3, checkpoint=path))
+    saved = load_checkpoint(path)
+    assert saved["step"] == 4 and saved["format"] == 1 and saved["settings"] == first.settings
+    resumed = tiny_run()
+    resumed.load_state_dict(saved)
+    fit(resumed, step_batches, LoopConfig(6, log_every=2, eval_every=3))
+    assert resumed.step == 6 and resumed.train_log == straight.train_log
+    assert all(torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(),
+                                                 straight.model.state_dict().values()))
+
+
+def test_fit_stops_on_a_non_finite_loss_naming_the_fix():
+    from layeract_patch.training.spine import LoopConfig, fit
+
+    def nan_batches(step):
+        inputs, targets = step_batches(step)
+        return inputs * float("nan"), targets
+
+    with pytest.raises(FloatingPointError, match="loss nan at iteration 2; lower --lr"):
+        fit(tiny_run(), nan_batches, LoopConfig(4, log_every=2))
+
+
+def test_the_resume_rule_lists_every_difference_and_allows_declared_extensions():
+    from layeract_patch.training.checkpoint import check_resume
+
+    saved = {"lr": 0.1, "max_iter": 8, "milestones": [4, 6], "data_dir": "a"}
+    assert check_resume(saved, dict(saved), "c.pt", ("max_iter",)) == []
+    assert check_resume(saved, {**saved, "max_iter": 12}, "c.pt", ("max_iter",)) == ["max_iter 8 -> 12"]
+    with pytest.raises(ValueError) as err:
+        check_resume(saved, {**saved, "lr": 0.05, "milestones": [2], "data_dir": "b", "max_iter": 4}, "c.pt",
+                     ("max_iter",))
+    message = str(err.value)
+    for part in ("--lr 0.1, not 0.05", "--milestones 4 6, not 2", "--data-dir a, not b", "--max-iter 8, not 4",
+                 "a larger --max-iter may extend a run"):
+        assert part in message
+    with pytest.raises(ValueError, match="--max-iter 8, not 12"):
+        check_resume(saved, {**saved, "max_iter": 12}, "c.pt")  # not declared extendable: refused
+
+
+def test_claim_output_refuses_a_second_holder_and_leaves_no_trace_on_failure(tmp_path):
+    from layeract_patch.training.outdir import OutputBusy, claim_output
+
+    out = tmp_path / "new" / "run"
+    with claim_output(out):
+        assert (out / ".lock").read_text() == str(os.getpid())
+        with pytest.raises(OutputBusy, match=f"in use by another run \\(pid {os.getpid()}\\)"):
+            with claim_output(out):
+                pass
+    assert not (tmp_path / "new").exists()  # the folders the claim made were empty: removed again
+    with claim_output(out):
+        (out / "results.json").write_text("{}")
+    assert sorted(p.name for p in out.iterdir()) == ["results.json"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        with claim_output(tmp_path / "file"):
+            pass

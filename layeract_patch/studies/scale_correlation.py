@@ -5,6 +5,7 @@ classifier) are trained on flattened images with the paper's MNIST schedule. At 
 the start and the end, the whole training set (or a fixed `eval_samples` subset of it) is passed
 through the model with a `ScaleMonitor` attached, and per activation layer the Pearson correlation
 between each sample's loss and its activation-scale sum is recorded, with the spread of those sums.
+Training is the shared loop (`training.spine.fit`), the measurement its per-epoch `on_eval`.
 
 The recipe `recipes/scale_correlation.py` is the command line; this module is everything it runs.
 """
@@ -26,11 +27,13 @@ from ..registry import create_act_layer, get_act_layer
 from ..training import results
 from ..training.data import load_images
 from ..training.distributed import resolve_device
-from ..training.progress import Progress
+from ..training.outdir import check_output_path, claim_output
+from ..training.spine import LoopConfig, Run, fit
 
 __all__ = ["StudyConfig", "StudyData", "check_config", "load_study_data", "make_mlp", "train_and_measure",
            "run_study", "summarize", "format_table", "write_csv", "plot_correlations", "CSV_COLUMNS"]
 
+OUTPUTS = ("correlations.csv", "summary.md", "correlations.png")
 CSV_COLUMNS = ("act", "width", "seed", "layer", "iteration", "epoch", "pearson",
                "sum_mean", "sum_std", "sum_cv", "loss", "accuracy")
 COLORS = ("gray", "rgb")
@@ -60,6 +63,7 @@ class StudyConfig:
     device: str = "auto"
     download: bool = False
     dataset: str = "mnist"
+    overwrite: bool = False
 
 
 @dataclass
@@ -91,11 +95,20 @@ def check_config(cfg: StudyConfig) -> StudyConfig:
                          f"{cfg.max_iter}, {cfg.batch_size}, {cfg.depth}")
     if cfg.eval_samples is not None and cfg.eval_samples < 2:
         raise ValueError(f"--eval-samples must be >= 2 (a correlation needs two samples), got {cfg.eval_samples}")
+    if not cfg.lr > 0:
+        raise ValueError(f"--lr must be positive, got {cfg.lr}")
+    if cfg.momentum < 0 or cfg.weight_decay < 0:
+        raise ValueError(f"momentum and weight decay must be >= 0, got {cfg.momentum} and {cfg.weight_decay}")
     if cfg.color not in COLORS:
         raise ValueError(f"unknown color mode {cfg.color!r}; choose one of {COLORS}")
     if not Path(cfg.data_dir).expanduser().is_dir() and not cfg.download:
         raise ValueError(f"data dir {cfg.data_dir!r} does not exist: point --data-dir at an ImageFolder root "
                          f"(train/<class>/*) or a torchvision MNIST root, or add --download to fetch MNIST there")
+    out = check_output_path(Path(cfg.out))
+    earlier = [name for name in OUTPUTS if (out / name).exists()]
+    if earlier and not cfg.overwrite:
+        raise ValueError(f"--out {str(out)!r} already holds a study ({', '.join(earlier)}); pass --overwrite to "
+                         f"replace it, or choose another --out")
     milestones = cfg.milestones
     if milestones is None:
         milestones = (max(1, cfg.max_iter // 2), max(1, cfg.max_iter * 3 // 4))
@@ -180,26 +193,25 @@ def train_and_measure(data: StudyData, act: str, width: int, seed: int, cfg: Stu
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), gamma=0.1)
-    order = torch.Generator().manual_seed(seed)
     n = data.pixels.shape[0]
     per_epoch = n // cfg.batch_size  # the last partial batch is dropped: every step sees batch_size samples
+    order, epoch_order = torch.Generator().manual_seed(seed), {}
+
+    def batches(step: int):
+        epoch, position = divmod(step, per_epoch)
+        if epoch not in epoch_order:  # steps come in order: one permutation per epoch from the seed's stream
+            epoch_order.clear()
+            epoch_order[epoch] = torch.randperm(n, generator=order).to(device)
+        index = epoch_order[epoch][position * cfg.batch_size:(position + 1) * cfg.batch_size]
+        return data.inputs(index), data.labels[index]
+
     rows = _rows(act, width, seed, 0, 0.0, model, data)
-    iteration = 0
-    with Progress(cfg.max_iter, desc=f"{act} width {width} seed {seed}") as progress:
-        while iteration < cfg.max_iter:
-            permutation = torch.randperm(n, generator=order).to(device)
-            for batch in permutation[:per_epoch * cfg.batch_size].view(per_epoch, cfg.batch_size):
-                loss = F.cross_entropy(model(data.inputs(batch)), data.labels[batch])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                iteration += 1
-                if iteration % per_epoch == 0 or iteration == cfg.max_iter:
-                    rows += _rows(act, width, seed, iteration, iteration / per_epoch, model, data)
-                    progress.update(iteration, images=None, loss=rows[-1]["loss"], acc=rows[-1]["accuracy"])
-                if iteration == cfg.max_iter:
-                    break
+
+    def on_eval(run: Run) -> None:  # every epoch and at the end
+        rows.extend(_rows(act, width, seed, run.step, run.step / per_epoch, model, data))
+
+    loop = LoopConfig(cfg.max_iter, log_every=per_epoch, eval_every=per_epoch, desc=f"{act} width {width} seed {seed}")
+    fit(Run(model, optimizer, schedule), batches, loop, on_eval=on_eval)
     return rows
 
 
@@ -298,7 +310,11 @@ def plot_correlations(rows: Sequence[dict], path) -> Optional[Path]:
 def run_study(cfg: StudyConfig, data: StudyData, log: Callable[[str], None] = print) -> List[dict]:
     """Every (act, width, seed) in turn; DIR/correlations.csv rewritten after each run, then the summary
     table (printed and DIR/summary.md) and the plot (DIR/correlations.png, when matplotlib is there)."""
-    out = Path(cfg.out)
+    with claim_output(Path(cfg.out)) as out:
+        return _run_study(cfg, data, out, log)
+
+
+def _run_study(cfg: StudyConfig, data: StudyData, out: Path, log: Callable[[str], None]) -> List[dict]:
     log(f"data: {data.description}")
     rows: List[dict] = []
     for act in cfg.acts:
@@ -310,7 +326,7 @@ def run_study(cfg: StudyConfig, data: StudyData, log: Callable[[str], None] = pr
     schedule = (f"{cfg.max_iter} iterations, batch {cfg.batch_size}, SGD lr {cfg.lr} momentum {cfg.momentum} "
                 f"wd {cfg.weight_decay}, lr /10 at {list(cfg.milestones)}; MLP of {cfg.depth} hidden layers")
     text = f"data: {data.description}\nschedule: {schedule}\n\n{table}\n"
-    (out / "summary.md").write_text(text)
+    results.write_text(out / "summary.md", text)
     log(f"\n{text}")
     plot = plot_correlations(rows, out / "correlations.png")
     log(f"wrote {out / 'correlations.csv'}, {out / 'summary.md'}"

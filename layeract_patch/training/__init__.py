@@ -1,4 +1,14 @@
-"""What the recipes share: on-device data, the training loop, checkpoints, progress, results.
+"""What the recipes share: on-device data, the one training loop (spine), checkpoints, progress, results.
+
+    spine.py       the loop: Run, LoopConfig, fit (batches -> step -> evaluate -> checkpoint/stop/resume)
+    checkpoint.py  the checkpoint format (atomic writes) and the resume rule
+    outdir.py      the lock on an output folder, stale temp files
+    batches.py     CIFAR batches drawn and augmented on the device
+    data.py        whole data sets as uint8 tensors (torchvision roots, ImageFolders)
+    metrics.py     top-1/top-5/loss/loss-std evaluation
+    results.py     results.json, CSVs, the multi-seed summary, loss curves
+    cifar.py, cli.py      the CIFAR recipes (typed config, one run per seed; flags)
+    finetune.py, pretrained.py   fine-tuning a timm / torchvision model after conversion
 
 The submodules import only torch; `main`, `get_args_parser` and `run` (the CIFAR recipes' CLI) load
 the models, and with them timm, on first use.

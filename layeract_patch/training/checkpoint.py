@@ -1,15 +1,25 @@
-"""Checkpoints that survive a crash mid-write: temp file in the same directory, fsync, os.replace."""
+"""One checkpoint format and one resume rule, for every recipe.
+
+Files survive a crash mid-write: a temp file in the same directory, fsync, os.replace. The content
+is `spine.Run.state_dict()`: step, model, optimizer, scheduler, loss scaler, RNG states, the run's
+records, and its `settings` (every setting that decides what is computed).
+
+The resume rule (`check_resume`): every stored setting must match the resuming command's, except
+the settings a config declares run-only (output folder, device, ...: they are not stored) and the
+deliberate extensions it declares (a larger --max-iter), which are applied and recorded.
+"""
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator, Union
+from typing import IO, Iterator, List, Mapping, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "get_rng_state", "set_rng_state"]
+__all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "get_rng_state", "set_rng_state", "check_resume",
+           "flag"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -92,3 +102,41 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def flag(key: str) -> str:
+    """The command-line spelling of a setting: max_iter -> --max-iter."""
+    return "--" + key.replace("_", "-")
+
+
+def _shown(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+def check_resume(saved: Mapping, current: Mapping, path: PathLike, extendable: Sequence[str] = (),
+                 keys: Optional[Sequence[str]] = None) -> List[str]:
+    """The resume rule. ValueError listing every setting of `current` that differs from `saved` (the
+    settings stored with the checkpoint at `path`), except a larger value of an `extendable` setting,
+    which is allowed: those come back as `["max_iter 8 -> 12", ...]` for the caller to apply and record.
+    `keys` limits the comparison (e.g. the data fingerprint, known only after loading the data).
+    """
+    names = keys if keys is not None else sorted(set(saved) | set(current))
+    differ, extended = [], []
+    for key in names:
+        before, now = saved.get(key), current.get(key)
+        if before == now:
+            continue
+        if key in extendable and isinstance(before, int) and isinstance(now, int) and now > before:
+            extended.append(f"{key} {before} -> {now}")
+            continue
+        if key == "data":  # not a flag: the fingerprint of the data set found under --data-dir
+            differ.append(f"the data set {_shown(before)}, not {_shown(now)}")
+        else:
+            differ.append(f"{flag(key)} {_shown(before)}, not {_shown(now)}")
+    if differ:
+        more = (f" (a larger {', '.join(flag(k) for k in extendable)} may extend a run)" if extendable else "")
+        raise ValueError(f"{str(path)!r} was written by a run with other settings: {'; '.join(differ)}; resume with "
+                         f"those settings{more}, or choose another --out")
+    return extended

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DATASETS", "DATASET_STATS", "load_images", "stratified_split", "find_imagefolder", "dataset_stats"]
+__all__ = ["DATASETS", "DATASET_STATS", "load_images", "stratified_split", "find_imagefolder", "is_imagefolder",
+           "data_source", "dataset_stats"]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -53,6 +54,12 @@ def load_images(data_dir, dataset: str = "cifar10", train: bool = True, download
         raise ValueError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
     root = Path(data_dir).expanduser()
     folder = find_imagefolder(root, train)
+    if folder is None and is_imagefolder(root):
+        # Never fall through to torchvision: it would download CIFAR into the user's folder and
+        # then train or test on a data set other than theirs.
+        missing = "train/" if train else "test/ (or val/)"
+        raise FileNotFoundError(f"data dir {str(root)!r} looks like an ImageFolder root but has no {missing} with "
+                                f"class folders; add {root / ('train' if train else 'test')}/<class>/<image>")
     if folder is not None:
         images, labels, classes = _load_imagefolder(root, folder, image_size)
     else:
@@ -76,6 +83,17 @@ def stratified_split(labels: Tensor, fraction: float, seed: int) -> Tuple[Tensor
     mask = torch.ones(len(labels), dtype=torch.bool)
     mask[held] = False
     return mask.nonzero().flatten(), held.sort().values
+
+
+def is_imagefolder(root) -> bool:
+    """True when `root` holds a train/, test/ or val/ folder: it is meant as an ImageFolder root."""
+    return any((Path(root) / name).is_dir() for name in ("train", "test", "val"))
+
+
+def data_source(data_dir, dataset: str) -> str:
+    """What the data is, as results record it: "imagefolder:<folder name>" or the torchvision data set's name."""
+    root = Path(data_dir).expanduser()
+    return f"imagefolder:{root.resolve().name}" if is_imagefolder(root) else dataset
 
 
 def find_imagefolder(root: Path, train: bool) -> Optional[Path]:
@@ -117,7 +135,7 @@ def _load_imagefolder(root: Path, split: Path, image_size: Optional[int]) -> Ima
         first = decoded[0].shape[-2:]
         other = next(i for i, img in enumerate(decoded) if img.shape[-2:] != first)
         raise ValueError(f"images under {str(split)!r} differ in size: {files[0]} is {tuple(first)}, {files[other]} "
-                         f"is {tuple(decoded[other].shape[-2:])}; pass image_size= to resize them to one size")
+                         f"is {tuple(decoded[other].shape[-2:])}; resize them to one size first")
     return torch.stack(decoded), torch.tensor(labels, dtype=torch.long), classes
 
 
@@ -213,7 +231,8 @@ def _read_mnist(root: Path, train: bool) -> Images:
 
 
 def dataset_stats(dataset: str, images: Tensor) -> Tuple[Sequence[float], Sequence[float]]:
-    """Mean/std in [0, 1] units: the published values when they fit the images' channels, else measured."""
+    """Mean/std in [0, 1] units: the published values of a torchvision `dataset` when they fit the images'
+    channels, else (an ImageFolder's `data_source`, say) measured on `images`, the training split."""
     mean, std = DATASET_STATS.get(dataset, ((), ()))
     if len(mean) == images.shape[1]:
         return mean, std

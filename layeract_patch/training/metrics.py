@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .augment import normalize
+from .batches import normalize
 from .distributed import DistInfo, all_reduce_sum
 
 __all__ = ["evaluate", "batch_scores", "summarize_scores"]

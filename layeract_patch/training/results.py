@@ -1,4 +1,4 @@
-"""results.json, CSV histories and the multi-seed summary in the paper's format (best / mean (std))."""
+"""results.json, CSV histories, the multi-seed summary in the paper's format (best / mean (std)), loss curves."""
 from __future__ import annotations
 
 import csv
@@ -6,23 +6,24 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Dict, Iterable, List, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 from .checkpoint import atomic_write
 
-__all__ = ["write_json", "write_csv", "summarize", "format_summary", "HIGHER_IS_BETTER"]
+__all__ = ["write_text", "write_json", "write_csv", "summarize", "format_summary", "plot_losses", "HIGHER_IS_BETTER"]
 
 # For "best": accuracies are maximised, losses (and their spread) minimised.
 HIGHER_IS_BETTER = {"top1": True, "top5": True, "loss": False, "loss_std": False}
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text(path, text: str) -> None:
+    """`text` to `path`, atomically (readers see the old or the new file)."""
     with atomic_write(path, "w") as f:
         f.write(text)
 
 
 def write_json(data: dict, path) -> None:
-    _write_text(Path(path), json.dumps(data, indent=2, sort_keys=False) + "\n")
+    write_text(Path(path), json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def write_csv(rows: Iterable[dict], path, columns: Sequence[str] = ()) -> None:
@@ -35,7 +36,7 @@ def write_csv(rows: Iterable[dict], path, columns: Sequence[str] = ()) -> None:
     writer = csv.DictWriter(buffer, fieldnames=names, restval="", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _write_text(Path(path), buffer.getvalue())
+    write_text(Path(path), buffer.getvalue())
 
 
 def summarize(runs: Sequence[Dict[str, float]]) -> Dict[str, Dict[str, float]]:
@@ -59,3 +60,39 @@ def format_summary(summary: Dict[str, Dict[str, float]], title: str = "test") ->
         lines.append(f"{title} {metric:<8} {stats['best']:8.4f} / {stats['mean']:8.4f} ({stats['std']:.4f})  "
                      f"best / mean (std) over {stats['n']} seed{'s' if stats['n'] != 1 else ''}")
     return "\n".join(lines)
+
+
+def plot_losses(runs: Sequence[dict], path, title: str = "") -> Optional[Path]:
+    """The paper's Figs. 3-4: training loss (solid) and validation loss (dashed) against iteration, one
+    colour per seed, when matplotlib is installed (it is not a dependency).
+
+    `runs` are per-seed results with "seed", "train_log" ([{iteration, train_loss}]) and "history"
+    ([{iteration, val_loss}]). Returns the PNG path, or None when matplotlib is missing.
+    """
+    try:
+        import matplotlib
+        matplotlib.use("Agg")  # no display needed; must precede pyplot
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for i, run in enumerate(runs):
+        colour = f"C{i % 10}"
+        train = [(row["iteration"], row["train_loss"]) for row in run.get("train_log", [])]
+        val = [(row["iteration"], row["val_loss"]) for row in run.get("history", []) if row.get("val_loss") is not None]
+        if train:
+            ax.plot(*zip(*train), color=colour, label=f"seed {run['seed']} train")
+        if val:
+            ax.plot(*zip(*val), color=colour, linestyle="--", marker=".", label=f"seed {run['seed']} val")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("cross-entropy loss")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

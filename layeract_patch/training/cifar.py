@@ -1,0 +1,353 @@
+"""CIFAR training (the paper's ResNets and CNN): a typed config, the data on the device, one run per seed.
+
+One training step, file by file: recipes/cifar_resnet.py (flags) -> cli.py (flags -> CifarConfig) ->
+this file (`train_seed` builds the Run: split, model, SGD, step decay) -> spine.py (`fit`: the step)
+-> batches.py (`TrainBatches`: the batch, cropped and flipped on the device). Evaluation is
+metrics.py; checkpoints and the resume rule are checkpoint.py.
+
+Defaults are the LayerAct paper's schedule: SGD (momentum 0.9, weight decay 1e-4), batch 128,
+64,000 iterations, learning rate 0.1 (0.01 without normalization) divided by 10 at 32,000 and
+48,000, 10% of the training set held out (stratified) for validation, the best-validation
+weights evaluated on the test set.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..registry import get_act_layer
+from .batches import TrainBatches
+from .checkpoint import check_resume, flag, load_checkpoint, save_checkpoint
+from .data import data_source, dataset_stats, load_images, stratified_split
+from .distributed import DistInfo, barrier, broadcast_buffers, init_distributed, resolve_device
+from .metrics import evaluate
+from .outdir import check_output_path
+from .results import format_summary, plot_losses, summarize, write_csv, write_json
+from .spine import CHECKPOINT_FORMAT, LoopConfig, Run, fit
+
+__all__ = ["CifarConfig", "resolve", "Plan", "prepare", "train", "train_seed", "seed_dir", "RUN_ONLY", "EXTENDABLE",
+           "INITS"]
+
+# Settings that do not change what is computed: not stored, free to differ on --resume.
+RUN_ONLY = ("out", "resume", "device", "seeds", "download", "eval_batch_size", "compile")
+# Settings a resumed run may raise: applied, and recorded in the results ("extensions").
+EXTENDABLE = ("max_iter",)
+INITS = ("he", "torch")
+HISTORY_COLUMNS = ("iteration", "lr", "train_loss", "val_top1", "val_top5", "val_loss", "val_loss_std",
+                   "train_seconds")
+
+
+@dataclass(frozen=True)
+class CifarConfig:
+    """Everything a CIFAR run depends on; the recipes' flags map one to one onto these fields."""
+    model: str = "cifar_resnet"  # or "paper_cnn"
+    depth: Optional[int] = 20
+    act: str = "la_silu"
+    norm: str = "bn"
+    init: str = "he"
+    dataset: str = "cifar10"
+    data_dir: str = "data"
+    download: bool = True
+    max_iter: int = 64000
+    milestones: Optional[Tuple[int, ...]] = None  # None: 50% and 75% of max_iter
+    lr: Optional[float] = None  # None: 0.1, or 0.01 without normalization
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 128
+    val_fraction: float = 0.1
+    eval_every: int = 1000
+    log_every: int = 100
+    eval_batch_size: int = 1000
+    seeds: Tuple[int, ...] = (0,)
+    device: str = "auto"
+    out: Optional[str] = None  # None: runs/<model>_<act>_<norm>
+    resume: bool = False
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+    @property
+    def model_name(self) -> str:
+        return f"cifar_resnet{self.depth}" if self.model == "cifar_resnet" else "layeract_cnn"
+
+    def settings(self) -> dict:
+        """What a checkpoint stores and the resume rule compares (JSON-friendly: tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k not in RUN_ONLY}
+
+    @classmethod
+    def from_namespace(cls, args) -> "CifarConfig":
+        """The config of parsed recipe flags (the namespace is left as it is)."""
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        values["download"] = not getattr(args, "no_download", False)
+        for key in ("milestones", "seeds"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        if values.get("out") is not None:
+            values["out"] = str(values["out"])
+        values["data_dir"] = str(values["data_dir"])
+        return cls(**values)
+
+
+def resolve(cfg: CifarConfig) -> CifarConfig:
+    """ValueError naming the bad setting and its fix; else a copy with lr, milestones and out filled in. Pure."""
+    from ..models.layers import check_norm
+
+    get_act_layer(cfg.act)
+    norm = check_norm(cfg.norm)
+    if cfg.model == "cifar_resnet" and (cfg.depth is None or cfg.depth < 8 or (cfg.depth - 2) % 6):
+        raise ValueError(f"--depth must be 6n+2 (20, 32, 44, 56, 110), got {cfg.depth}")
+    if cfg.init not in INITS:
+        raise ValueError(f"--init must be one of {', '.join(INITS)}, got {cfg.init!r}")
+    for key in ("max_iter", "batch_size", "eval_every", "log_every", "eval_batch_size"):
+        if getattr(cfg, key) <= 0:
+            raise ValueError(f"{flag(key)} must be positive, got {getattr(cfg, key)}")
+    for key in ("momentum", "weight_decay"):
+        if getattr(cfg, key) < 0:
+            raise ValueError(f"{flag(key)} must be >= 0, got {getattr(cfg, key)}")
+    lr = (0.01 if norm == "none" else 0.1) if cfg.lr is None else cfg.lr
+    if not lr > 0:
+        raise ValueError(f"--lr must be positive, got {lr}")
+    if len(set(cfg.seeds)) != len(cfg.seeds) or not cfg.seeds:
+        raise ValueError(f"--seeds must be distinct (each gets its own seed_<n>/ folder), got {list(cfg.seeds)}")
+    milestones = cfg.milestones or (cfg.max_iter // 2, cfg.max_iter * 3 // 4)
+    if list(milestones) != sorted(milestones) or min(milestones) <= 0:
+        raise ValueError(f"--milestones must be increasing positive iterations, got {list(milestones)}")
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
+    out = cfg.out if cfg.out is not None else str(Path("runs") / f"{cfg.model_name}_{cfg.act}_{norm}")
+    check_output_path(Path(out))
+    # An absolute --data-dir: the same folder named from another working directory is the same setting.
+    data_dir = os.path.abspath(os.path.expanduser(cfg.data_dir))
+    return replace(cfg, norm=norm, lr=lr, milestones=tuple(milestones), out=out, data_dir=data_dir)
+
+
+@dataclass
+class DeviceData:
+    """The whole data set on the training device, as uint8 images; mean/std in [0, 1] units."""
+    train_images: Tensor
+    train_labels: Tensor
+    test_images: Tensor
+    test_labels: Tensor
+    classes: List[str]
+    mean: Sequence[float]
+    std: Sequence[float]
+    source: str  # "cifar10", "cifar100" or "imagefolder:<folder name>"
+
+    def fingerprint(self) -> dict:
+        """What the resume rule checks of the data: a changed data set is a different run."""
+        return {"classes": list(self.classes), "train_images": len(self.train_images),
+                "test_images": len(self.test_images)}
+
+
+@dataclass
+class Plan:
+    """Everything validated and loaded, ready to train."""
+    cfg: CifarConfig
+    model_fn: Callable[[], nn.Module]
+    data: DeviceData
+    device: torch.device
+    dist: DistInfo
+    extensions: List[str] = field(default_factory=list)
+
+
+def seed_dir(out, seed: int) -> Path:
+    return Path(out) / f"seed_{seed}"
+
+
+def prepare(cfg: CifarConfig, explicit_milestones: bool = True) -> Plan:
+    """Check what resuming would do, load the data onto the device; ValueError / FileNotFoundError on bad input.
+
+    `cfg` is resolved (see `resolve`). With `explicit_milestones` False (the user gave none) a resumed run
+    that raises --max-iter keeps the schedule it started with instead of moving the milestones.
+    """
+    from ..models import cifar_resnet, paper_cnn
+
+    device = resolve_device(cfg.device)
+    dist = init_distributed(device.type)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    cfg, saved, extensions = _check_resumable(cfg, explicit_milestones)
+
+    # Under torchrun rank 0 loads first, so only it downloads a missing data set.
+    if not dist.is_main:
+        barrier(dist)
+    train_images, train_labels, classes = load_images(cfg.data_dir, cfg.dataset, train=True, download=cfg.download)
+    test_images, test_labels, _ = load_images(cfg.data_dir, cfg.dataset, train=False, download=cfg.download)
+    if dist.is_main:
+        barrier(dist)
+    train_count = len(stratified_split(train_labels, cfg.val_fraction, cfg.seeds[0])[0])
+    if cfg.batch_size > train_count:
+        raise ValueError(f"--batch-size {cfg.batch_size} is larger than the training set ({train_count} images after "
+                         f"holding out --val-fraction {cfg.val_fraction}); lower --batch-size")
+    source = data_source(cfg.data_dir, cfg.dataset)
+    mean, std = dataset_stats(source, train_images)
+    data = DeviceData(train_images.to(device), train_labels.to(device), test_images.to(device),
+                      test_labels.to(device), classes, mean, std, source)
+    for path, settings in saved:  # a changed data set under the same --data-dir is a different run too
+        check_resume(settings, {"data": data.fingerprint()}, path, keys=["data"])
+    builder = cifar_resnet if cfg.model == "cifar_resnet" else paper_cnn
+    options = dict(num_classes=len(classes), act=cfg.act, norm=cfg.norm, in_chans=train_images.shape[1])
+    if cfg.model == "cifar_resnet":
+        options["depth"] = cfg.depth
+    if cfg.init != "he":  # the builders' default; the keyword is new in models/ (merged separately)
+        options["init"] = cfg.init
+    return Plan(cfg, partial(builder, **options), data, device, dist, extensions)
+
+
+def _check_resumable(cfg: CifarConfig, explicit_milestones: bool):
+    """Refuse before any work: a run in --out without --resume, --resume with nothing to resume, changed settings."""
+    paths = [seed_dir(cfg.out, seed) / "checkpoint.pt" for seed in cfg.seeds]
+    found = [path for path in paths if path.is_file()]
+    if cfg.resume and not found:
+        raise FileNotFoundError(f"--resume: no checkpoint to continue ({str(paths[0])!r} does not exist); start "
+                                f"without --resume")
+    saved, extensions = [], []
+    for path in found:
+        if not cfg.resume:
+            raise ValueError(f"{str(path)!r} exists; pass --resume to continue that run, or choose another --out")
+        state = load_checkpoint(path)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{str(path)!r} was written by another version of this package; continue it with that "
+                             f"version, or choose another --out")
+        settings = state["settings"]
+        if not explicit_milestones and cfg.max_iter >= settings.get("max_iter", 0) and "milestones" in settings:
+            cfg = replace(cfg, milestones=tuple(settings["milestones"]))  # keep the schedule that ran
+        extensions = check_resume(settings, cfg.settings(), path, EXTENDABLE, keys=list(cfg.settings()))
+        saved.append((path, settings))
+    return cfg, saved, extensions
+
+
+def train(plan: Plan) -> Dict:
+    """Run every seed, then write the summary (results.json, history.csv, loss_curves.png) to cfg.out."""
+    cfg, dist, data = plan.cfg, plan.dist, plan.data
+    runs = [train_seed(plan, seed) for seed in cfg.seeds]
+    summary = {"test": summarize([run["test"] for run in runs])}
+    if all(run["val"] for run in runs):
+        summary["val"] = summarize([run["val"] for run in runs])
+    results = {
+        "model": cfg.model_name, "act": cfg.act, "norm": cfg.norm, "init": cfg.init, "dataset": data.source,
+        "normalization": {"mean": list(data.mean), "std": list(data.std)},
+        "iterations": cfg.max_iter, "lr": cfg.lr, "milestones": list(cfg.milestones), "seeds": list(cfg.seeds),
+        "extensions": plan.extensions,
+        "test": {metric: stats["mean"] for metric, stats in summary["test"].items()},
+        "summary": summary,
+        "runs": [{key: run[key] for key in ("seed", "iterations", "best_iteration", "val", "test", "params",
+                                            "train_seconds", "seconds_per_iter")} for run in runs],
+        "args": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
+    }
+    if dist.is_main:
+        out = Path(cfg.out)
+        write_json(results, out / "results.json")
+        write_csv(({"seed": run["seed"], **row} for run in runs for row in run["history"]),
+                  out / "history.csv", ("seed", "iteration"))
+        plot = plot_losses(runs, out / "loss_curves.png",
+                           title=f"{cfg.model_name} {cfg.act} {cfg.norm} ({data.source})")
+        print(f"{cfg.model_name} act={cfg.act} norm={cfg.norm} init={cfg.init} on {data.source}, "
+              f"{cfg.max_iter} iterations")
+        print(format_summary(summary["test"]))
+        print(f"results in {out / 'results.json'}" + (f", loss curves in {plot}" if plot else ""))
+    return results
+
+
+def train_seed(plan: Plan, seed: int) -> Dict:
+    """Train (or resume, or just reload) seed `seed`; return its results dict (also in seed_<seed>/results.json)."""
+    cfg, data, device, dist = plan.cfg, plan.data, plan.device, plan.dist
+    out = seed_dir(cfg.out, seed)
+    ckpt_path, results_path = out / "checkpoint.pt", out / "results.json"
+    state = load_checkpoint(ckpt_path) if cfg.resume and ckpt_path.is_file() else None
+    if state is not None and state["step"] >= cfg.max_iter and results_path.is_file():
+        return json.loads(results_path.read_text())
+
+    # Split and model: both functions of the seed only, so a resumed run rebuilds the same ones.
+    train_idx, val_idx = stratified_split(data.train_labels.cpu(), cfg.val_fraction, seed)
+    train_idx, val_idx = train_idx.to(device), val_idx.to(device)
+    val_images, val_labels = data.train_images[val_idx], data.train_labels[val_idx]
+    batches = TrainBatches(data.train_images[train_idx], data.train_labels[train_idx], cfg.batch_size, data.mean,
+                           data.std, seed, dist.rank, dist.world_size, channels_last=cfg.channels_last)
+    torch.manual_seed(seed)
+    model = plan.model_fn().to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=0.1)
+    settings = {**cfg.settings(), "data": data.fingerprint(), "seed": seed}
+    run = Run(model, optimizer, scheduler, settings=settings,
+              records={"history": [], "best": {"top1": float("-inf"), "iteration": 0, "model": None},
+                       "extensions": []})
+    if state is not None:
+        run.load_state_dict(state)
+        if state["settings"]["max_iter"] < cfg.max_iter:  # a deliberate extension: say what ran
+            run.records["extensions"].append({"at_iteration": run.step, "max_iter": [state["settings"]["max_iter"],
+                                                                                     cfg.max_iter]})
+        if dist.is_main:
+            print(f"seed {seed}: resumed from {ckpt_path} at iteration {run.step}", file=sys.stderr)
+
+    net: nn.Module = model
+    if dist.enabled:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    eval_kwargs = dict(mean=data.mean, std=data.std, batch_size=cfg.eval_batch_size, amp=cfg.amp,
+                       channels_last=cfg.channels_last, dist=dist)
+
+    def on_eval(run: Run) -> None:
+        history, best = run.records["history"], run.records["best"]
+        row = {"iteration": run.step, "lr": run.train_log[-1]["lr"], "train_loss": _mean_since(run.train_log, history),
+               "train_seconds": run.train_seconds}
+        if len(val_images):
+            broadcast_buffers(model, dist)
+            val = evaluate(model, val_images, val_labels, **eval_kwargs)
+            row.update({f"val_{k}": v for k, v in val.items() if k != "count"})
+            if val["top1"] > best["top1"]:
+                run.records["best"] = best = {"top1": val["top1"], "iteration": run.step, "val": val,
+                                              "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+            if dist.is_main:
+                print(f"seed {seed} iter {run.step}: val top1 {val['top1']:.2f} loss {val['loss']:.4f} "
+                      f"(best {best['top1']:.2f} at {best['iteration']})", file=sys.stderr)
+        history.append(row)
+
+    loop = LoopConfig(cfg.max_iter, cfg.log_every, cfg.eval_every, checkpoint=ckpt_path,
+                      amp_dtype=torch.bfloat16 if cfg.amp else None, desc=f"seed {seed}",
+                      diverged_hint="lower --lr (the paper uses 0.01 without normalization) or use --norm bn")
+    fit(run, batches, loop, on_eval=on_eval, net=net, dist=dist)
+
+    # The paper's protocol: the weights with the best validation accuracy are the ones tested.
+    best = run.records["best"]
+    if best["model"] is not None:
+        model.load_state_dict(best["model"])
+    broadcast_buffers(model, dist)
+    test = evaluate(model, data.test_images, data.test_labels, **eval_kwargs)
+    test.pop("count")
+    results = {
+        "model": cfg.model_name, "act": cfg.act, "norm": cfg.norm, "init": cfg.init, "dataset": data.source,
+        "seed": seed, "iterations": run.step, "milestones": list(cfg.milestones), "lr": cfg.lr,
+        "extensions": run.records["extensions"], "best_iteration": best["iteration"] or run.step,
+        "val": {k: v for k, v in best.get("val", {}).items() if k != "count"} or None,
+        "test": test,
+        "params": sum(p.numel() for p in model.parameters()),
+        "train_seconds": run.train_seconds, "seconds_per_iter": run.train_seconds / max(run.step, 1),
+        "world_size": dist.world_size, "device": str(device),
+        "history": run.records["history"], "train_log": run.train_log,
+    }
+    if dist.is_main:
+        save_checkpoint(model.state_dict(), out / "model.pt")  # the tested (best-validation) weights
+        write_csv(run.records["history"], out / "history.csv", HISTORY_COLUMNS)
+        write_csv(run.train_log, out / "train_log.csv", ("iteration", "train_loss", "lr"))
+        write_json(results, results_path)
+    return results
+
+
+def _mean_since(train_log: List[dict], history: List[dict]) -> Optional[float]:
+    """Mean training loss over the iterations since the previous evaluation (log windows end at evaluations)."""
+    start = history[-1]["iteration"] if history else 0
+    rows = [row for row in train_log if row["iteration"] > start]
+    steps = sum(row["steps"] for row in rows)
+    return sum(row["train_loss"] * row["steps"] for row in rows) / steps if steps else None
