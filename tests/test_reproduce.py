@@ -123,6 +123,27 @@ def test_report_statistics_from_a_hand_written_csv(tmp_path):
     assert "3.9% of the paper's training" in text and "CIFAR-10 from `/data/cifar10`" in text
 
 
+def test_report_figures_or_a_note_without_matplotlib(tmp_path):
+    write_runs_csv(tmp_path / "runs.csv", [("silu", 0, 90.0, 1.5), ("silu", 1, 91.0, 1.6),
+                                           ("la_silu", 0, 91.0, 1.4), ("la_silu", 1, 92.0, 1.3)])
+    for act, seed in (("silu", 0), ("silu", 1), ("la_silu", 0), ("la_silu", 1)):
+        seed_dir = tmp_path / f"runs/r20_{act}_s{seed}" / f"seed_{seed}"
+        seed_dir.mkdir(parents=True)
+        seed_dir.joinpath("train_log.csv").write_text(
+            "iteration,train_loss,lr\n" + "".join(f"{i},{2.3 - i / 2000 - seed / 10},0.1\n" for i in range(100, 2600, 100)))
+    text = build_report(tmp_path).read_text()
+    try:
+        import matplotlib  # noqa: F401  (not a dependency)
+    except ImportError:
+        assert "Figures skipped: matplotlib is not installed" in text
+        assert not (tmp_path / "figures").exists()
+    else:
+        slug = "cifar_resnet20_bn_he_cifar10_it2500"
+        for kind in ("loss", "top1"):
+            assert (tmp_path / "figures" / f"{slug}_{kind}.png").stat().st_size > 1000
+            assert f"(figures/{slug}_{kind}.png)" in text
+
+
 # --- presets and selection ---------------------------------------------------------------------------------
 
 def test_presets_and_selection():

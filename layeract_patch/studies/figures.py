@@ -46,11 +46,13 @@ def plot_early_loss(group, out: Path) -> Optional[Path]:
         curves = [training_losses(out, r) for r in group.rows if r["act"] == act]
         first_drop = min(int(str(r["milestones"]).split()[0]) for r in group.rows)
         steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-        steps = [s for s in steps if s <= first_drop] or steps
+        early = [s for s in steps if s <= first_drop]
+        steps = early if len(early) >= 2 else steps  # a curve needs two points; short runs log rarely
         if not steps:
             continue
         values: List[List[float]] = [[c[s] for c in curves] for s in steps]
-        ax.plot(steps, [sum(v) / len(v) for v in values], color=f"C{i}", label=_label(act, len(curves)))
+        ax.plot(steps, [sum(v) / len(v) for v in values], color=f"C{i}", marker="." if len(steps) < 30 else None,
+                label=_label(act, len(curves)))
         ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=f"C{i}", alpha=0.2)
     ax.set_xlabel("iteration")
     ax.set_ylabel("training loss (mean, min-max over seeds)")
