@@ -121,6 +121,16 @@ def test_report_statistics_from_a_hand_written_csv(tmp_path):
     assert "LA-HardSiLU vs SiLU, test top-1: -1.50 points (n=1 vs 3): too few seeds for a test" in text
     assert "2,500 iterations, lr 0.1 / 10 at 1,250 and 1,875, batch 128" in text
     assert "3.9% of the paper's training" in text and "CIFAR-10 from `/data/cifar10`" in text
+    assert "Runs that did not finish" not in text
+
+    # A run that stopped with an error (the recipe's diverged-loss exit) is listed, not silently dropped.
+    name = "cifar_resnet32_none_torch_silu_cifar10_it2500_s0"
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / f"{name}.json").write_text(json.dumps({"spec": {"name": name}, "returncode": 1}))
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / f"{name}.log").write_text("...\ncifar_resnet.py: error: training diverged: loss nan\n")
+    text = build_report(tmp_path, figures=False).read_text()
+    assert f"- `{name}`: exit 1: cifar_resnet.py: error: training diverged: loss nan" in text
 
 
 def test_report_figures_or_a_note_without_matplotlib(tmp_path):

@@ -103,7 +103,7 @@ def paper(seeds: Sequence[int] = (0, 1, 2, 3, 4)) -> List[RunSpec]:
 
 
 def cpu(seeds: Sequence[int] = (0, 1, 2)) -> List[RunSpec]:
-    """A declared reduced schedule for 2 CPU cores (`--jobs 2 --threads 1`), about 3.5 hours in all.
+    """A declared reduced schedule for 2 CPU cores (`--jobs 2 --threads 1`), about 3.7 hours in all.
 
     ResNet-20, BN, He init x ReLU/SiLU/LA-SiLU/LA-HardSiLU x 3 seeds (12 runs), and ResNet-32 without
     normalization, the authors' init, lr 0.01 x SiLU/LA-SiLU x 3 seeds (6 runs); CIFAR-10.
@@ -114,7 +114,9 @@ def cpu(seeds: Sequence[int] = (0, 1, 2)) -> List[RunSpec]:
     keep that rate): a ResNet-32 step costs about (32-2)/(20-2) = 1.67 ResNet-20 steps, so the grid is
     12 x 2,500 x 128 + 6 x 2,500 x 128 x 1.67 = 3.84M + 3.2M = 7.0M ResNet-20 images -> 7.0M / (2 x 300/s)
     = 11,700 s = 3.3 h of training, plus validation (10 passes over 5,000 images per run, forward only,
-    about a third of a training image each: 18 x 17k = 0.3M, ~8 min) and the final test passes: ~3.5 h.
+    about a third of a training image each: 18 x 17k = 0.3M, ~8 min), the final test passes, and each run's
+    start (decoding the 60,000 JPEGs: ~1.5 min measured here on a loaded machine, 18 runs / 2 jobs = ~14 min):
+    ~3.7 h in all.
     """
     short = Schedule(max_iter=2500, eval_every=250)
     return (grid("cifar_resnet", [20], "bn", FOUR, "he", seeds, "cifar10", short)

@@ -192,7 +192,7 @@ def run_study(specs: Sequence[RunSpec], config: StudyConfig, log=print) -> Dict:
     log(f"{len(planned)} runs: {len(planned) - len(todo)} finished already, "
         f"{sum(i.status == 'resume' for i in todo)} to resume, {sum(i.status == 'start' for i in todo)} to start; "
         f"{config.jobs} at a time, {config.threads} thread(s) each")
-    stop, lock = threading.Event(), threading.Lock()
+    stop = threading.Event()
     failures, finished, interrupted = [], 0, False
     with ThreadPoolExecutor(max_workers=config.jobs) as pool:
         futures = [pool.submit(_launch, item, config, stop) for item in todo]
@@ -201,11 +201,10 @@ def run_study(specs: Sequence[RunSpec], config: StudyConfig, log=print) -> Dict:
                 result = future.result()
                 if result["returncode"] is None:
                     continue
-                with lock:
-                    rows = rebuild_runs_csv(config.out)
+                rows = rebuild_runs_csv(config.out)  # here, in the main thread only: one writer
                 if result["returncode"] == 0:
                     finished += 1
-                    row = next((r for r in rows if r["run_dir"].endswith(result["name"])), None)
+                    row = next((r for r in rows if r["run_dir"] == f"runs/{result['name']}"), None)
                     top1 = f"test top1 {row['test_top1']:.2f}" if row else "no results.json"
                     log(f"[{finished + len(failures)}/{len(todo)}] {result['name']}: {top1} "
                         f"({result['wall_seconds']:.0f} s)")
@@ -220,6 +219,5 @@ def run_study(specs: Sequence[RunSpec], config: StudyConfig, log=print) -> Dict:
             stop.set()  # pending runs return at once; running recipes got the signal too and checkpoint
             for future in futures:
                 future.cancel()
-    (config.out / "failures.json").write_text(json.dumps(failures, indent=2) + "\n")
     rebuild_runs_csv(config.out)
     return {"runs": len(planned), "finished_now": finished, "failed": failures, "interrupted": interrupted}
