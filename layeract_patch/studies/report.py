@@ -132,28 +132,39 @@ def _verdict(test: Welch) -> str:
     return "not significant (a difference this size is consistent with seed-to-seed noise)"
 
 
+def _compared(act: str, ref: str) -> bool:
+    """Each pair once: SiLU is compared with ReLU, never ReLU with SiLU again."""
+    return act not in REFERENCES or REFERENCES.index(ref) > REFERENCES.index(act)
+
+
+def _paper_direction(ours: float, key, act: str, ref: str, numbers) -> str:
+    mine, theirs = numbers(key, act), numbers(key, ref)
+    if not (mine and theirs):
+        return ""
+    claimed = mine[1] - theirs[1]
+    return f" The paper: {claimed:+.2f} ({'same' if (claimed > 0) == (ours > 0) else 'opposite'} direction)."
+
+
 def _sentences(group: Group) -> List[str]:
     lines = []
     for act, stats in group.acts.items():
         for ref, test in stats.vs.items():
+            if not _compared(act, ref):
+                continue
             other = group.acts[ref]
             head = f"{act_label(act)} vs {act_label(ref)}, test top-1"
             if test is None:
                 lines.append(f"{head}: {stats.mean - other.mean:+.2f} points (n={stats.n} vs {other.n}): "
                              f"too few seeds for a test (2 per activation needed).")
                 continue
-            line = (f"{head}: {test.difference:+.2f} points, p={_p(test)} (n={stats.n} vs {other.n}): "
-                    f"{_verdict(test)}.")
-            ours, theirs = paper.paper_accuracy(group.key, act), paper.paper_accuracy(group.key, ref)
-            if ours and theirs:
-                claimed = ours[1] - theirs[1]
-                same = (claimed > 0) == (test.difference > 0)
-                line += f" The paper: {claimed:+.2f} ({'same' if same else 'opposite'} direction)."
-            lines.append(line)
+            lines.append(f"{head}: {test.difference:+.2f} points, p={_p(test)} (n={stats.n} vs {other.n}): "
+                         f"{_verdict(test)}."
+                         + _paper_direction(test.difference, group.key, act, ref, paper.paper_accuracy))
         for ref, test in stats.loss_std_vs.items():
-            if test is not None:
+            if test is not None and _compared(act, ref):
                 lines.append(f"{act_label(act)} vs {act_label(ref)}, per-sample test-loss std (Table 5; lower = "
-                             f"more balanced): {test.difference:+.3f}, p={_p(test)}: {_verdict(test)}.")
+                             f"more balanced): {test.difference:+.3f}, p={_p(test)}: {_verdict(test)}."
+                             + _paper_direction(test.difference, group.key, act, ref, paper.paper_loss_std))
     return lines
 
 
