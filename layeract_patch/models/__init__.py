@@ -1,14 +1,39 @@
 """The paper's models, any activation of the registry; importing this registers them with timm.
 
     timm.create_model("cifar_resnet20", act="silu", norm="bn", num_classes=10)
-    timm.create_model("layeract_cnn", act="la_silu")
+    timm.create_model("layeract_cnn", act="la_silu", init="torch")
+    timm.create_model("cifar_resnet20", features_only=True)   # stem + 3 stage outputs
+    cifar_resnet(44, act="la_silu", norm="none", init="torch")  # the same as timm.create_model("cifar_resnet44", ...)
+
+Initialisation (`init=`), which experiment uses which:
+    "he"     Kaiming normal, convs without bias in front of a norm. The default, and what the paper's
+             normalized experiments (Tables 2-5, BN or LN) are run with here: with a norm after every conv
+             the init hardly matters, and He init is the CIFAR ResNet convention.
+             Also the 15-conv CNN without normalization (Table 2, "no norm"): with PyTorch's default init
+             neither SiLU nor LA-SiLU moves off chance there, with He init both learn (issue 13's probe).
+    "torch"  PyTorch's default reset_parameters() and biased convs, as in the LayerAct authors' code. Used
+             for the ResNets WITHOUT normalization (lr 0.01; the authors' appendix: ResNet-32/44, SiLU vs
+             LA-SiLU): with He init both diverge to NaN within a few steps, with the authors' init SiLU stays
+             at chance (as in their table) and LA-SiLU learns.
 """
 from .cifar_resnet import (BasicBlock, CifarResNet, cifar_resnet, cifar_resnet20, cifar_resnet32, cifar_resnet44,
                            cifar_resnet56, cifar_resnet110)
-from .layers import NORMS
-from .paper_cnn import PaperCNN, layeract_cnn, paper_cnn
+from .layers import INITS, NORMS
+from .cnn import PaperCNN, layeract_cnn
 
-MODELS = {"cifar_resnet": cifar_resnet, "paper_cnn": paper_cnn}
+MODELS = {"cifar_resnet": cifar_resnet, "layeract_cnn": layeract_cnn}
 
-__all__ = ["CifarResNet", "BasicBlock", "PaperCNN", "cifar_resnet", "paper_cnn", "cifar_resnet20", "cifar_resnet32",
-           "cifar_resnet44", "cifar_resnet56", "cifar_resnet110", "layeract_cnn", "NORMS", "MODELS"]
+__all__ = ["CifarResNet", "BasicBlock", "PaperCNN", "cifar_resnet", "layeract_cnn", "cifar_resnet20",
+           "cifar_resnet32", "cifar_resnet44", "cifar_resnet56", "cifar_resnet110", "NORMS", "INITS", "MODELS"]
+
+
+def __getattr__(name):
+    # Transition only: training/cli.py still imports the paper CNN's old builder name. Remove this function
+    # once it imports `layeract_cnn` (issue 11: one name for the paper CNN).
+    if name == "paper_cnn":
+        import warnings
+
+        warnings.warn("layeract_patch.models.paper_cnn is now layeract_cnn (the timm name)", DeprecationWarning,
+                      stacklevel=2)
+        return layeract_cnn
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,13 +1,20 @@
-"""What the CIFAR models share: the norm choice (bn, ln = LayerNorm over C,H,W, none), conv-norm-act, the timm head API."""
+"""What the CIFAR models share: the norm and init choices, conv-norm-act, the timm head API and timm builder."""
 from __future__ import annotations
+
+from typing import Any, Dict, Optional, Type
 
 from torch import Tensor, nn
 
 from ..registry import create_act_layer
 
-__all__ = ["NORMS", "check_norm", "create_norm", "ConvNormAct", "ClassifierMixin", "timm_model_kwargs"]
+__all__ = ["NORMS", "INITS", "check_norm", "check_init", "create_norm", "conv_bias", "init_weights", "ConvNormAct",
+           "ClassifierMixin", "build_cifar_model"]
 
 NORMS = ("bn", "ln", "none")
+# "he": Kaiming normal (He et al. 2015), what CIFAR ResNet code usually does.
+# "torch": PyTorch's own reset_parameters and biased convs everywhere, as in the LayerAct authors' code
+#          (their models/architectures/ResNet_small.py builds plain nn.Conv2d layers and never re-initialises).
+INITS = ("he", "torch")
 
 
 def check_norm(norm: str) -> str:
@@ -15,6 +22,19 @@ def check_norm(norm: str) -> str:
     if key not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
     return key
+
+
+def check_init(init: str) -> str:
+    key = init.strip().lower() if isinstance(init, str) else init
+    if key not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of: {', '.join(INITS)} (he = Kaiming normal, "
+                         f"torch = PyTorch's default as in the LayerAct authors' code)")
+    return key
+
+
+def conv_bias(norm: str, init: str) -> bool:
+    """He-init models drop the bias a following norm would cancel; the authors' code ("torch") always has one."""
+    return norm == "none" or init == "torch"
 
 
 def create_norm(norm: str, channels: int) -> nn.Module:
@@ -32,14 +52,29 @@ def create_norm(norm: str, channels: int) -> nn.Module:
     return nn.Identity()
 
 
+def init_weights(model: nn.Module, init: str = "he") -> None:
+    """"he": Kaiming normal (fan-in) for convs and linears, zero biases, norms as identity.
+    "torch": leave every layer as its constructor's reset_parameters() made it."""
+    if check_init(init) == "torch":
+        return
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class ConvNormAct(nn.Module):
-    """conv -> norm -> activation; the conv has a bias only without a norm, the activation is optional."""
+    """conv -> norm -> activation; the activation is optional."""
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 3, stride: int = 1, norm: str = "bn",
-                 act: str = "la_silu", apply_act: bool = True) -> None:
+                 act: str = "la_silu", apply_act: bool = True, bias: Optional[bool] = None) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=kernel_size // 2,
-                              bias=norm == "none")
+                              bias=norm == "none" if bias is None else bias)
         self.norm = create_norm(norm, out_chs)
         self.act = create_act_layer(act, num_channels=out_chs) if apply_act else nn.Identity()
 
@@ -61,9 +96,18 @@ class ClassifierMixin:
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
-def timm_model_kwargs(name: str, pretrained: bool, kwargs: dict, recipe: str) -> dict:
-    """The architecture's own kwargs from a timm factory call; no pretrained weights exist for these models."""
+def build_cifar_model(model_cls: Type[nn.Module], variant: str, default_cfg: Dict[str, Any], recipe: str,
+                      pretrained: bool = False, **kwargs) -> nn.Module:
+    """The model through timm's build_model_with_cfg: its kwargs (features_only, out_indices, num_classes,
+    in_chans, pretrained_cfg_overlay, ...) behave as for timm's own models. No pretrained weights exist."""
+    from timm.models import build_model_with_cfg
+
     if pretrained:
-        raise ValueError(f"{name} has no pretrained weights; train one with {recipe} and load its model.pt")
-    # timm's factory passes its own bookkeeping options; the architecture takes none of them.
-    return {k: v for k, v in kwargs.items() if k not in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")}
+        raise ValueError(f"{variant} has no pretrained weights; train one with {recipe} and load its model.pt")
+    if not kwargs.get("pretrained_cfg"):
+        kwargs["pretrained_cfg"] = dict(default_cfg)  # also for depths timm has no registered name for (8, 26, ...)
+    # Every stage is one module of `stages`: the feature wrapper flattens that Sequential to reach them.
+    return build_model_with_cfg(model_cls, variant, pretrained=False,
+                                feature_cfg=dict(flatten_sequential=True,
+                                                 out_indices=tuple(range(model_cls.num_feature_levels))),
+                                **kwargs)

@@ -1,0 +1,252 @@
+"""report.md from runs.csv: per table, best / mean +- std, 95% CI, Welch's p against SiLU and ReLU, the paper's
+numbers beside ours, the per-sample loss std (Table 5), plain sentences on what the data support, figures.
+
+    python recipes/reproduce.py --report-only --out DIR    # rebuild DIR/report.md from DIR/runs.csv
+"""
+from __future__ import annotations
+
+import csv
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from . import paper_numbers as paper
+from .figures import plot_accuracy, plot_early_loss
+from .paper_numbers import act_label
+from .stats import Welch, confidence_interval, mean, sample_std, welch_test
+
+__all__ = ["read_runs", "Group", "ActStats", "group_runs", "build_report", "act_label", "ALPHA"]
+
+ALPHA = 0.05
+REFERENCES = ("silu", "relu")
+_NUMERIC = ("depth", "seed", "iterations", "test_top1", "test_top5", "test_loss", "test_loss_std", "val_top1",
+            "wall_seconds", "train_seconds", "max_iter", "lr", "batch_size", "eval_every")
+
+
+def read_runs(path) -> List[Dict]:
+    """runs.csv rows with numbers as numbers (empty cells -> None)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for key in _NUMERIC:
+            if key in row:
+                value = row[key]
+                row[key] = None if value in ("", None) else (int(float(value)) if key in
+                                                             ("depth", "seed", "iterations", "max_iter",
+                                                              "batch_size", "eval_every") else float(value))
+    return rows
+
+
+@dataclass
+class ActStats:
+    act: str
+    n: int
+    best: float
+    mean: float
+    std: float
+    ci: Optional[Tuple[float, float]]
+    loss_std_mean: Optional[float]
+    loss_std_sd: Optional[float]
+    vs: Dict[str, Optional[Welch]]  # reference act -> Welch test on top-1
+    loss_std_vs: Dict[str, Optional[Welch]]  # reference act -> Welch test on the per-sample loss std
+
+
+@dataclass
+class Group:
+    """One table: runs sharing model, depth, norm, init, data set and schedule length."""
+    model: str
+    depth: Optional[int]
+    norm: str
+    init: str
+    dataset: str
+    iterations: int
+    rows: List[Dict]
+    acts: "OrderedDict[str, ActStats]"
+
+    @property
+    def key(self):
+        return self.model, self.depth, self.norm, self.dataset
+
+    @property
+    def title(self) -> str:
+        model = f"ResNet-{self.depth}" if self.model == "cifar_resnet" else "the paper's 15-conv CNN"
+        norm = {"bn": "batch norm", "ln": "layer norm", "none": "no normalization"}[self.norm]
+        init = {"he": "He init", "torch": "PyTorch's default init (the authors')"}.get(self.init, self.init)
+        return (f"{model}, {norm}, {init}, {self.dataset.upper().replace('CIFAR', 'CIFAR-')}, "
+                f"{self.iterations:,} iterations")
+
+    @property
+    def slug(self) -> str:
+        return f"{self.model}{self.depth or ''}_{self.norm}_{self.init}_{self.dataset}_it{self.iterations}"
+
+
+def _values(rows: Sequence[Dict], act: str, metric: str) -> List[float]:
+    return [r[metric] for r in rows if r["act"] == act and r.get(metric) is not None]
+
+
+def group_runs(rows: Sequence[Dict]) -> List[Group]:
+    """Rows grouped into tables, activations in first-seen order, each with its statistics."""
+    tables: "OrderedDict[tuple, List[Dict]]" = OrderedDict()
+    for row in rows:
+        key = (row["model"], row["depth"], row["norm"], row["init"], row["dataset"], row["iterations"])
+        tables.setdefault(key, []).append(row)
+    groups = []
+    for (model, depth, norm, init, dataset, iterations), members in tables.items():
+        acts: "OrderedDict[str, ActStats]" = OrderedDict()
+        for act in dict.fromkeys(r["act"] for r in members):
+            top1 = _values(members, act, "test_top1")
+            loss_std = _values(members, act, "test_loss_std")
+            acts[act] = ActStats(
+                act, len(top1), max(top1), mean(top1), sample_std(top1), confidence_interval(top1),
+                mean(loss_std) if loss_std else None, sample_std(loss_std) if loss_std else None,
+                {ref: welch_test(top1, _values(members, ref, "test_top1")) for ref in REFERENCES
+                 if ref != act and any(r["act"] == ref for r in members)},
+                {ref: welch_test(loss_std, _values(members, ref, "test_loss_std")) for ref in REFERENCES
+                 if ref != act and loss_std and _values(members, ref, "test_loss_std")})
+        groups.append(Group(model, depth, norm, init, dataset, iterations, members, acts))
+    return groups
+
+
+def _p(test: Optional[Welch]) -> str:
+    if test is None:
+        return "–"
+    return "<0.001" if test.p < 0.001 else f"{test.p:.2g}"
+
+
+def _num(value: Optional[float], digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _pair(pair) -> str:
+    if pair is None:
+        return "–"
+    best, avg = pair
+    return f"{avg:.2f} (mean)" if best is None else f"{best:.2f} / {avg:.2f}"
+
+
+def _verdict(test: Welch) -> str:
+    if test.p < ALPHA:
+        return f"significant at the {ALPHA:.0%} level"
+    return "not significant (a difference this size is consistent with seed-to-seed noise)"
+
+
+def _compared(act: str, ref: str) -> bool:
+    """Each pair once: SiLU is compared with ReLU, never ReLU with SiLU again."""
+    return act not in REFERENCES or REFERENCES.index(ref) > REFERENCES.index(act)
+
+
+def _paper_direction(ours: float, key, act: str, ref: str, numbers) -> str:
+    mine, theirs = numbers(key, act), numbers(key, ref)
+    if not (mine and theirs):
+        return ""
+    claimed = mine[1] - theirs[1]
+    return f" The paper: {claimed:+.2f} ({'same' if (claimed > 0) == (ours > 0) else 'opposite'} direction)."
+
+
+def _sentences(group: Group) -> List[str]:
+    lines = []
+    for act, stats in group.acts.items():
+        for ref, test in stats.vs.items():
+            if not _compared(act, ref):
+                continue
+            other = group.acts[ref]
+            head = f"{act_label(act)} vs {act_label(ref)}, test top-1"
+            if test is None:
+                lines.append(f"{head}: {stats.mean - other.mean:+.2f} points (n={stats.n} vs {other.n}): "
+                             f"too few seeds for a test (2 per activation needed).")
+                continue
+            lines.append(f"{head}: {test.difference:+.2f} points, p={_p(test)} (n={stats.n} vs {other.n}): "
+                         f"{_verdict(test)}."
+                         + _paper_direction(test.difference, group.key, act, ref, paper.paper_accuracy))
+        for ref, test in stats.loss_std_vs.items():
+            if test is not None and _compared(act, ref):
+                lines.append(f"{act_label(act)} vs {act_label(ref)}, per-sample test-loss std (Table 5; lower = "
+                             f"more balanced): {test.difference:+.3f}, p={_p(test)}: {_verdict(test)}."
+                             + _paper_direction(test.difference, group.key, act, ref, paper.paper_loss_std))
+    return lines
+
+
+def _table(group: Group) -> List[str]:
+    lines = ["| activation | n | best | mean ± std | 95% CI | p vs SiLU | p vs ReLU | paper best / mean "
+             "| loss std (ours) | paper loss std |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for act, s in group.acts.items():
+        ci = "–" if s.ci is None else f"[{s.ci[0]:.2f}, {s.ci[1]:.2f}]"
+        loss = "–" if s.loss_std_mean is None else f"{s.loss_std_mean:.3f} ± {s.loss_std_sd:.3f}"
+        lines.append(f"| {act_label(act)} | {s.n} | {s.best:.2f} | {s.mean:.2f} ± {s.std:.2f} | {ci} "
+                     f"| {_p(s.vs.get('silu'))} | {_p(s.vs.get('relu'))} "
+                     f"| {_pair(paper.paper_accuracy(group.key, act))} | {loss} "
+                     f"| {_pair(paper.paper_loss_std(group.key, act))} |")
+    return lines
+
+
+def _schedule(group: Group) -> str:
+    settings = sorted({(r["max_iter"], r["milestones"], r["batch_size"], r["lr"]) for r in group.rows},
+                      key=str)
+    ran = "; ".join(f"{int(m):,} iterations, lr {lr:g} / 10 at {' and '.join(f'{int(x):,}' for x in str(ms).split())}"
+                    f", batch {int(b)}" for m, ms, b, lr in settings)
+    p = paper.PAPER_SCHEDULE
+    text = (f"Schedule run: {ran}. The paper's: {p['iterations']:,} iterations, lr {p['lr']} / 10 at "
+            f"{p['milestones'][0]:,} and {p['milestones'][1]:,}, batch {p['batch_size']}.")
+    if group.iterations < p["iterations"]:
+        text += (f" This is {100 * group.iterations / p['iterations']:.2g}% of the paper's training: absolute accuracies "
+                 f"sit far below its column and are not comparable with it; only the activations' comparison "
+                 f"under the same schedule is.")
+    return text
+
+
+def _failed(out: Path) -> List[str]:
+    """Runs whose last attempt ended in an error (e.g. a diverged loss), from meta/*.json."""
+    lines = []
+    for path in sorted((out / "meta").glob("*.json")):
+        meta = json.loads(path.read_text())
+        name = meta["spec"]["name"]
+        if meta.get("returncode") not in (0, 130, None) and not (out / "runs" / name / "results.json").is_file():
+            log = out / "logs" / f"{name}.log"
+            last = log.read_text().strip().splitlines()[-1] if log.is_file() and log.read_text().strip() else ""
+            lines.append(f"- `{name}`: exit {meta['returncode']}: {last}")
+    return lines
+
+
+def build_report(out, figures: bool = True) -> Path:
+    """Write out/report.md (and out/figures/*.png when matplotlib is importable) from out/runs.csv."""
+    out = Path(out)
+    rows = read_runs(out / "runs.csv")
+    groups = group_runs(rows)
+    datasets = sorted({(r["dataset"], r.get("data_dir", "")) for r in rows})
+    lines = ["# LayerAct study: the paper's tables, re-measured", "",
+             f"{len(rows)} finished runs from `runs.csv`; rebuild this file with "
+             f"`python recipes/reproduce.py --report-only --out {out}`. The exact command of every run is in "
+             f"runs.csv (`command`).", "",
+             "Data: " + "; ".join(f"{d.upper().replace('CIFAR', 'CIFAR-')} from `{path}`" for d, path in datasets)
+             + ". Test top-1 in %, on the test set, with the weights of the best validation accuracy (10% of the "
+               "training set held out), as in the paper.", "",
+             f"How to read: n = seeds; CI = 95% Student-t interval of the mean; p = Welch's two-sided t-test of "
+             f"the mean against SiLU / ReLU under the same settings; significant means p < {ALPHA}. With few "
+             f"seeds only large differences can reach significance: a non-significant difference is not "
+             f"evidence of no difference, and with many comparisons about 1 in 20 reaches p < 0.05 by chance.",
+             ""]
+    failed = _failed(out)
+    for group in groups:
+        source = paper.SOURCES.get(group.key)
+        lines += [f"## {group.title}", "", f"Paper: {source}." if source else "Paper: no published numbers for "
+                  "this setting.", "", _schedule(group), ""]
+        lines += _table(group) + ["", "What the data support:", ""]
+        lines += [f"- {s}" for s in _sentences(group) or ["no comparison: one activation only."]]
+        lines.append("")
+        if figures:
+            made = [plot_early_loss(group, out), plot_accuracy(group, out)]
+            if all(path is None for path in made):
+                lines += ["(Figures skipped: matplotlib is not installed; `pip install matplotlib` and rerun "
+                          "`--report-only`.)", ""]
+            else:
+                lines += [f"![{path.stem}](figures/{path.name})" for path in made if path is not None] + [""]
+    if failed:
+        lines += ["## Runs that did not finish", "",
+                  "Not in the tables above (a diverged loss is a result too: the recipe stops on NaN):", ""]
+        lines += failed + [""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

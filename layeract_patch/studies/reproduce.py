@@ -1,0 +1,223 @@
+"""The study runner: many recipe runs (one subprocess each, resumable) -> runs.csv -> report.md.
+
+Every run is `python recipes/<recipe>.py ... --out OUT/runs/<name>` with OMP_NUM_THREADS set, so the
+study trains through exactly the code a user's recipe command does. Layout of OUT:
+
+    runs/<name>/       the recipe's own output (results.json, history.csv, seed_<s>/checkpoint.pt, ...)
+    meta/<name>.json   the run's settings, its exact command(s), wall seconds, exit code
+    logs/<name>.log    the recipe's stdout and stderr
+    runs.csv           one row per finished run, rebuilt from runs/ and meta/ (never duplicated)
+    report.md          see report.py
+
+Resume rule: runs/<name>/results.json -> finished, kept; runs/<name>/seed_<s>/checkpoint.pt -> continued
+with --resume; a run folder with neither (a run stopped before its first checkpoint) is cleared and the
+run starts again. So rerunning the same command finishes a study without repeating work.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from ..training.results import write_csv
+from .presets import MODELS, RunSpec
+
+__all__ = ["StudyConfig", "Planned", "plan", "run_study", "rebuild_runs_csv", "shell_command", "RUN_COLUMNS", "REPO_ROOT"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RUN_COLUMNS = ("model", "depth", "norm", "act", "init", "seed", "dataset", "iterations", "test_top1", "test_top5",
+               "test_loss", "test_loss_std", "val_top1", "wall_seconds", "train_seconds", "max_iter",
+               "milestones", "lr", "batch_size", "eval_every", "amp", "data_dir", "run_dir", "command")
+
+
+@dataclass
+class StudyConfig:
+    out: Path
+    data_dir: Path
+    data_dir_cifar100: Optional[Path] = None  # default: data_dir (a torchvision root holding both)
+    jobs: int = 1
+    threads: int = 1
+    amp: bool = False
+    device: str = "auto"
+    python: str = sys.executable
+    recipes_root: Path = REPO_ROOT  # the folder holding recipes/
+
+    def __post_init__(self) -> None:
+        # Absolute paths: the recipes run with the repository as their working directory.
+        self.out, self.data_dir = Path(self.out).resolve(), Path(self.data_dir).resolve()
+        if self.data_dir_cifar100 is not None:
+            self.data_dir_cifar100 = Path(self.data_dir_cifar100).resolve()
+        if self.jobs < 1 or self.threads < 1:
+            raise ValueError(f"--jobs and --threads must be at least 1, got {self.jobs} and {self.threads}")
+
+    def run_dir(self, spec: RunSpec) -> Path:
+        return self.out / "runs" / spec.name
+
+    def data_for(self, spec: RunSpec) -> Path:
+        return self.data_dir_cifar100 if spec.dataset == "cifar100" and self.data_dir_cifar100 else self.data_dir
+
+    def command(self, spec: RunSpec, resume: bool = False) -> List[str]:
+        cmd = [self.python, MODELS[spec.model], *spec.recipe_args(), "--data-dir", str(self.data_for(spec)),
+               "--out", str(self.run_dir(spec))]
+        if self.device != "auto":
+            cmd += ["--device", self.device]
+        if self.amp:
+            cmd.append("--amp")
+        return cmd + (["--resume"] if resume else [])
+
+    def env(self) -> Dict[str, str]:
+        env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
+        # The recipes import layeract_patch from this checkout, whatever copy is installed.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+        return env
+
+
+@dataclass
+class Planned:
+    spec: RunSpec
+    status: str  # "done", "resume" or "start"
+    command: List[str]
+
+
+def plan(specs: Sequence[RunSpec], config: StudyConfig) -> List[Planned]:
+    """What each run needs: nothing (finished), --resume (a checkpoint exists) or a fresh start."""
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError("the selection holds the same run twice")
+    planned = []
+    for spec in specs:
+        run_dir = config.run_dir(spec)
+        if (run_dir / "results.json").is_file():
+            planned.append(Planned(spec, "done", []))
+        elif (run_dir / f"seed_{spec.seed}" / "checkpoint.pt").is_file():
+            planned.append(Planned(spec, "resume", config.command(spec, resume=True)))
+        else:
+            planned.append(Planned(spec, "start", config.command(spec)))
+    return planned
+
+
+def shell_command(cmd: Sequence[str], threads: int) -> str:
+    return f"OMP_NUM_THREADS={threads} " + shlex.join(cmd)
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _launch(item: Planned, config: StudyConfig, stop: threading.Event) -> Dict:
+    """Run one recipe subprocess to its end; record its meta file. Returns {"name", "returncode", ...}."""
+    spec, run_dir = item.spec, config.run_dir(item.spec)
+    if stop.is_set():
+        return {"name": spec.name, "returncode": None}
+    if item.status == "start" and run_dir.exists():
+        # Stopped before its first checkpoint: nothing there to continue from; the recipe wants a clean --out.
+        shutil.rmtree(run_dir)
+    meta_path = config.out / "meta" / f"{spec.name}.json"
+    meta = _read_json(meta_path)
+    log_path = config.out / "logs" / f"{spec.name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(log_path, "a") as log:
+        log.write(f"$ {shell_command(item.command, config.threads)}\n")
+        log.flush()
+        returncode = subprocess.run(item.command, stdout=log, stderr=subprocess.STDOUT, env=config.env(),
+                                    cwd=config.recipes_root).returncode
+    wall = time.perf_counter() - start
+    meta = {
+        "spec": {**asdict(spec), "name": spec.name},
+        "command": shell_command(config.command(spec), config.threads),  # the run's command; resumes add --resume
+        "attempts": meta.get("attempts", []) + [{"command": shell_command(item.command, config.threads),
+                                                  "returncode": returncode, "wall_seconds": wall}],
+        "wall_seconds": meta.get("wall_seconds", 0.0) + wall,
+        "returncode": returncode, "amp": config.amp, "data_dir": str(config.data_for(spec)),
+    }
+    meta_path.parent.mkdir(parents=True, exist_ok=True)
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    last_line = ""
+    if returncode != 0:
+        lines = log_path.read_text().strip().splitlines()
+        last_line = lines[-1] if lines else ""
+    return {"name": spec.name, "returncode": returncode, "wall_seconds": wall, "error": last_line}
+
+
+def rebuild_runs_csv(out: Path) -> List[Dict]:
+    """runs.csv from every finished run under out/runs with its meta file: one row per run, sorted by name."""
+    out = Path(out)
+    rows = []
+    for meta_path in sorted((out / "meta").glob("*.json")):
+        meta = _read_json(meta_path)
+        spec = meta["spec"]
+        run_dir = out / "runs" / spec["name"]
+        results = _read_json(run_dir / "results.json")
+        if not results:
+            continue
+        seed_run = results["runs"][0]
+        test, val = seed_run["test"], seed_run.get("val") or {}
+        schedule = spec["schedule"]
+        milestones = schedule["milestones"] or (schedule["max_iter"] // 2, schedule["max_iter"] * 3 // 4)
+        lr = schedule["lr"] if schedule["lr"] is not None else (0.01 if spec["norm"] == "none" else 0.1)
+        rows.append({
+            "model": spec["model"], "depth": spec["depth"] if spec["depth"] is not None else "",
+            "norm": spec["norm"], "act": spec["act"], "init": spec["init"], "seed": spec["seed"],
+            "dataset": spec["dataset"], "iterations": seed_run["iterations"], "test_top1": test["top1"],
+            "test_top5": test.get("top5", ""), "test_loss": test["loss"], "test_loss_std": test.get("loss_std", ""),
+            "val_top1": val.get("top1", ""), "wall_seconds": round(meta["wall_seconds"], 1),
+            "train_seconds": round(seed_run["train_seconds"], 1), "max_iter": schedule["max_iter"],
+            "milestones": " ".join(map(str, milestones)), "lr": lr, "batch_size": schedule["batch_size"],
+            "eval_every": min(schedule["eval_every"], schedule["max_iter"]), "amp": meta["amp"],
+            "data_dir": meta["data_dir"], "run_dir": f"runs/{spec['name']}", "command": meta["command"],
+        })
+    write_csv(rows, out / "runs.csv", RUN_COLUMNS)
+    return rows
+
+
+def run_study(specs: Sequence[RunSpec], config: StudyConfig, log=print) -> Dict:
+    """Run every unfinished run (`config.jobs` at a time), keep runs.csv current; returns counts and failures.
+
+    Ctrl-C: the running recipes save a checkpoint and stop (they receive the same signal), no new run
+    starts, and the same command later continues where this one stopped.
+    """
+    planned = plan(specs, config)
+    todo = [item for item in planned if item.status != "done"]
+    config.out.mkdir(parents=True, exist_ok=True)
+    log(f"{len(planned)} runs: {len(planned) - len(todo)} finished already, "
+        f"{sum(i.status == 'resume' for i in todo)} to resume, {sum(i.status == 'start' for i in todo)} to start; "
+        f"{config.jobs} at a time, {config.threads} thread(s) each")
+    stop = threading.Event()
+    failures, finished, interrupted = [], 0, False
+    with ThreadPoolExecutor(max_workers=config.jobs) as pool:
+        futures = [pool.submit(_launch, item, config, stop) for item in todo]
+        try:
+            for future in as_completed(futures):
+                result = future.result()
+                if result["returncode"] is None:
+                    continue
+                rows = rebuild_runs_csv(config.out)  # here, in the main thread only: one writer
+                if result["returncode"] == 0:
+                    finished += 1
+                    row = next((r for r in rows if r["run_dir"] == f"runs/{result['name']}"), None)
+                    top1 = f"test top1 {row['test_top1']:.2f}" if row else "no results.json"
+                    log(f"[{finished + len(failures)}/{len(todo)}] {result['name']}: {top1} "
+                        f"({result['wall_seconds']:.0f} s)")
+                elif result["returncode"] == 130:
+                    interrupted = True
+                else:
+                    failures.append(result)
+                    log(f"[{finished + len(failures)}/{len(todo)}] {result['name']} FAILED "
+                        f"(exit {result['returncode']}): {result['error']}")
+        except KeyboardInterrupt:
+            interrupted = True
+            stop.set()  # pending runs return at once; running recipes got the signal too and checkpoint
+            for future in futures:
+                future.cancel()
+    rebuild_runs_csv(config.out)
+    return {"runs": len(planned), "finished_now": finished, "failed": failures, "interrupted": interrupted}

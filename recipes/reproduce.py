@@ -1,0 +1,94 @@
+"""Re-measure the LayerAct paper's tables: a grid of recipe runs (resumable) -> runs.csv -> report.md.
+
+    python recipes/reproduce.py --preset cpu --data-dir data/cifar10 --out docs/results/cpu --jobs 2 --threads 1
+    python recipes/reproduce.py --preset paper --data-dir data --device cuda --amp --jobs 8 --out runs/paper
+    python recipes/reproduce.py --preset cpu --acts silu la_silu --seeds 0 1 2 3 4 --dry-run
+    python recipes/reproduce.py --report-only --out docs/results/cpu
+
+Rerunning the same command continues a study: finished runs are kept, interrupted ones resume from their
+checkpoints. The presets and their schedules: layeract_patch/studies/presets.py.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from layeract_patch.studies import presets
+from layeract_patch.studies.report import build_report
+from layeract_patch.studies.reproduce import StudyConfig, plan, rebuild_runs_csv, run_study, shell_command
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Run the LayerAct paper's experiments as a resumable grid of "
+                                     "recipe runs and write runs.csv and report.md.", add_help=add_help)
+    parser.add_argument("--preset", choices=tuple(presets.PRESETS), default=None,
+                        help="paper (full schedule, for a GPU), cpu (reduced, ~3.5 h on 2 cores), smoke (tiny)")
+    parser.add_argument("--acts", nargs="+", default=None, help="only these activations of the preset")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="these seeds instead of the preset's")
+    parser.add_argument("--depths", type=int, nargs="+", default=None, help="only these ResNet depths")
+    parser.add_argument("--norms", nargs="+", default=None, help="only these norms (bn, ln, none)")
+    parser.add_argument("--models", nargs="+", default=None, help=f"only these models: {', '.join(presets.MODELS)}")
+    parser.add_argument("--max-iter", type=int, default=None,
+                        help="this many iterations instead of the preset's (lr drops at 50%% and 75%%)")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"),
+                        help="CIFAR-10 data: an ImageFolder root (train/, test/) or a torchvision CIFAR root")
+    parser.add_argument("--data-dir-cifar100", type=Path, default=None,
+                        help="CIFAR-100 data for the paper preset's CIFAR-100 runs (default: --data-dir)")
+    parser.add_argument("--out", type=Path, default=None, help="study folder (default runs/study_<preset>)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (subprocesses)")
+    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each run")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast in every run")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and their commands, run nothing")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild report.md from --out/runs.csv")
+    parser.add_argument("--no-figures", action="store_true", help="write report.md without figures")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    """Validate, then run (or list) the study and write its report; ValueError / FileNotFoundError on bad input."""
+    if args.report_only:
+        if args.out is None or not (args.out / "meta").is_dir():
+            raise FileNotFoundError(f"--report-only needs --out pointing at a study folder (with meta/); got {args.out}")
+        rebuild_runs_csv(args.out)
+        print(f"report in {build_report(args.out, figures=not args.no_figures)}")
+        return 0
+    if args.preset is None:
+        raise ValueError("choose --preset (paper, cpu or smoke), or --report-only")
+    specs = presets.select(args.preset, acts=args.acts, seeds=args.seeds, depths=args.depths, norms=args.norms,
+                           models=args.models, max_iter=args.max_iter)
+    config = StudyConfig(out=args.out or Path("runs") / f"study_{args.preset}", data_dir=args.data_dir,
+                         data_dir_cifar100=args.data_dir_cifar100, jobs=args.jobs, threads=args.threads,
+                         amp=args.amp, device=args.device)
+    if args.dry_run:
+        for item in plan(specs, config):
+            print(f"{item.status:6} {item.spec.name}" + (f"\n       {shell_command(item.command, config.threads)}" if item.command else ""))
+        return 0
+    for needed in {config.data_for(spec) for spec in specs}:
+        if not needed.exists():
+            raise FileNotFoundError(f"data dir '{needed}' does not exist; point --data-dir at CIFAR-10 (an "
+                                    f"ImageFolder with train/ and test/, or a torchvision root)")
+    outcome = run_study(specs, config)
+    report = build_report(config.out, figures=not args.no_figures) if (config.out / "runs.csv").is_file() else None
+    print(f"runs.csv and {report} in {config.out}" if report else f"no finished run yet in {config.out}")
+    if outcome["interrupted"]:
+        print("interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+    if outcome["failed"]:
+        print(f"{len(outcome['failed'])} run(s) failed; see {config.out / 'logs'} and the report", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run(argv=None) -> int:
+    """Command-line entry point: bad input -> one `error:` line and exit 2."""
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    try:
+        return main(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,240 @@
+"""The study runner (recipes/reproduce.py): its statistics, its report, and the smoke preset end to end."""
+import csv
+import json
+import math
+import runpy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from layeract_patch.studies import presets
+from layeract_patch.studies.report import build_report, group_runs, read_runs
+from layeract_patch.studies.reproduce import RUN_COLUMNS
+from layeract_patch.studies.stats import betainc, confidence_interval, t_cdf, t_quantile, t_two_sided_p, welch_test
+from test_training import make_imagefolder
+
+ROOT = Path(__file__).resolve().parents[1]
+REPRODUCE = ROOT / "recipes" / "reproduce.py"
+
+
+def reproduce(*args, capsys=None):
+    """`python recipes/reproduce.py args...`, in this process (the runs themselves are subprocesses)."""
+    argv = sys.argv
+    sys.argv = [REPRODUCE.name, *map(str, args)]
+    try:
+        runpy.run_path(str(REPRODUCE), run_name="__main__")
+        code = 0
+    except SystemExit as done:
+        code = done.code
+    finally:
+        sys.argv = argv
+    out, err = capsys.readouterr() if capsys else ("", "")
+    return code, out, err
+
+
+# --- statistics, against closed forms and published tables -----------------------------------------------
+
+def two_sided_p_closed_form(t, df):
+    """Student's t for df 1, 2, 4 has elementary CDFs; theta = atan(t / sqrt(df))."""
+    t = abs(t)
+    if df == 1:
+        return 1 - 2 / math.pi * math.atan(t)
+    if df == 2:
+        return 1 - t / math.sqrt(2 + t * t)
+    theta = math.atan(t / 2)
+    return 1 - math.sin(theta) * (1 + math.cos(theta) ** 2 / 2)
+
+
+@pytest.mark.parametrize("df", [1, 2, 4])
+@pytest.mark.parametrize("t", [0.1, 0.7, 1.5, 2.4494897, 6.0, 40.0])
+def test_t_distribution_matches_closed_forms(t, df):
+    assert t_two_sided_p(t, df) == pytest.approx(two_sided_p_closed_form(t, df), abs=1e-12)
+    assert t_cdf(t, df) + t_cdf(-t, df) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_t_values_from_tables():
+    assert t_two_sided_p(2.0, 5) == pytest.approx(0.1019, abs=5e-5)
+    assert t_quantile(0.975, 2) == pytest.approx(4.303, abs=5e-4)
+    assert t_quantile(0.975, 10) == pytest.approx(2.228, abs=5e-4)
+    assert t_quantile(0.975, 1e6) == pytest.approx(1.960, abs=5e-4)
+    assert t_quantile(0.025, 4) == pytest.approx(-2.776, abs=5e-4)
+    # I_x(2, 3) = sum_{j=2..4} C(4, j) x^j (1-x)^(4-j) at x = 0.4
+    assert betainc(2, 3, 0.4) == pytest.approx(0.3456 + 0.1536 + 0.0256, abs=1e-12)
+    with pytest.raises(ValueError, match="0 <= x <= 1"):
+        betainc(1, 1, 1.5)
+
+
+def test_welch_and_confidence_interval_by_hand():
+    test = welch_test([93.0, 94.0, 98.0], [92.0, 93.0, 94.0])
+    # variances of the means 7/3 and 1/3: t = 2 / sqrt(8/3), df = (8/3)^2 / ((7/3)^2/2 + (1/3)^2/2) = 2.56
+    assert test.difference == 2.0 and test.t == pytest.approx(2 / math.sqrt(8 / 3))
+    assert test.df == pytest.approx(2.56) and test.p == pytest.approx(t_two_sided_p(test.t, 2.56))
+    equal = welch_test([90.0, 91.0, 92.0], [92.0, 93.0, 94.0])  # equal variances, equal n: df = 4
+    assert equal.df == pytest.approx(4) and equal.p == pytest.approx(two_sided_p_closed_form(math.sqrt(6), 4))
+    low, high = confidence_interval([90.0, 91.0, 92.0])
+    half = 4.302653 / math.sqrt(3)  # t_{0.975, 2} * s / sqrt(n), s = 1
+    assert low == pytest.approx(91 - half, abs=1e-5) and high == pytest.approx(91 + half, abs=1e-5)
+    assert welch_test([1.0], [2.0, 3.0]) is None and confidence_interval([1.0]) is None
+
+
+# --- the report from a hand-written runs.csv -----------------------------------------------------------------
+
+def write_runs_csv(path, runs):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RUN_COLUMNS, restval="")
+        writer.writeheader()
+        for act, seed, top1, loss_std in runs:
+            writer.writerow(dict(model="cifar_resnet", depth=20, norm="bn", act=act, init="he", seed=seed,
+                                 dataset="cifar10", iterations=2500, test_top1=top1, test_loss=0.5,
+                                 test_loss_std=loss_std, max_iter=2500, milestones="1250 1875", lr=0.1,
+                                 batch_size=128, eval_every=250, data_dir="/data/cifar10",
+                                 run_dir=f"runs/r20_{act}_s{seed}", command="python recipes/cifar_resnet.py ..."))
+
+
+def test_report_statistics_from_a_hand_written_csv(tmp_path):
+    write_runs_csv(tmp_path / "runs.csv", [
+        ("relu", 0, 90.0, 1.5), ("relu", 1, 91.0, 1.6), ("relu", 2, 92.0, 1.7),
+        ("silu", 0, 92.0, 1.6), ("silu", 1, 93.0, 1.6), ("silu", 2, 94.0, 1.7),
+        ("la_silu", 0, 93.0, 1.3), ("la_silu", 1, 94.0, 1.4), ("la_silu", 2, 98.0, 1.5),
+        ("la_hardsilu", 0, 91.5, 1.4),
+    ])
+    (group,) = group_runs(read_runs(tmp_path / "runs.csv"))
+    relu, la_silu = group.acts["relu"], group.acts["la_silu"]
+    assert (relu.n, relu.best, relu.mean, relu.std) == (3, 92.0, 91.0, 1.0)
+    assert la_silu.mean == 95.0 and la_silu.std == pytest.approx(math.sqrt(7))
+    assert la_silu.vs["silu"].df == pytest.approx(2.56) and la_silu.vs["relu"].difference == 4.0
+    assert relu.vs["silu"].p == pytest.approx(0.070484, abs=1e-6)  # t = -sqrt(6), df = 4
+    assert la_silu.loss_std_vs["relu"].p == pytest.approx(0.070484, abs=1e-6)  # -0.2 with std 0.1 each
+    assert group.acts["la_hardsilu"].vs["silu"] is None  # one seed: no test
+
+    text = build_report(tmp_path, figures=False).read_text()
+    assert "## ResNet-20, batch norm, He init, CIFAR-10, 2,500 iterations" in text
+    assert "Paper: Table 3 and Table 5 (5 runs)." in text
+    assert "| ReLU | 3 | 92.00 | 91.00 ± 1.00 | [88.52, 93.48] | 0.07 | – | 91.68 / 91.41 | 1.600 ± 0.100 " \
+           "| 1.51 / 1.53 |" in text
+    p = la_silu.vs["silu"].p
+    assert f"LA-SiLU vs SiLU, test top-1: +2.00 points, p={p:.2g} (n=3 vs 3): not significant" in text
+    assert "The paper: +0.23 (same direction)." in text
+    assert "SiLU vs ReLU, test top-1: +2.00 points, p=0.07 (n=3 vs 3)" in text and "ReLU vs SiLU" not in text
+    assert "LA-SiLU vs SiLU, per-sample test-loss std (Table 5; lower = more balanced): -0.233" in text
+    assert "The paper: -0.22 (same direction)." in text  # Table 5 means 1.39 vs 1.61
+    assert "LA-HardSiLU vs SiLU, test top-1: -1.50 points (n=1 vs 3): too few seeds for a test" in text
+    assert "2,500 iterations, lr 0.1 / 10 at 1,250 and 1,875, batch 128" in text
+    assert "3.9% of the paper's training" in text and "CIFAR-10 from `/data/cifar10`" in text
+    assert "Runs that did not finish" not in text
+
+    # A run that stopped with an error (the recipe's diverged-loss exit) is listed, not silently dropped.
+    name = "cifar_resnet32_none_torch_silu_cifar10_it2500_s0"
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / f"{name}.json").write_text(json.dumps({"spec": {"name": name}, "returncode": 1}))
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / f"{name}.log").write_text("...\ncifar_resnet.py: error: training diverged: loss nan\n")
+    text = build_report(tmp_path, figures=False).read_text()
+    assert f"- `{name}`: exit 1: cifar_resnet.py: error: training diverged: loss nan" in text
+
+
+def test_report_figures_or_a_note_without_matplotlib(tmp_path):
+    write_runs_csv(tmp_path / "runs.csv", [("silu", 0, 90.0, 1.5), ("silu", 1, 91.0, 1.6),
+                                           ("la_silu", 0, 91.0, 1.4), ("la_silu", 1, 92.0, 1.3)])
+    for act, seed in (("silu", 0), ("silu", 1), ("la_silu", 0), ("la_silu", 1)):
+        seed_dir = tmp_path / f"runs/r20_{act}_s{seed}" / f"seed_{seed}"
+        seed_dir.mkdir(parents=True)
+        seed_dir.joinpath("train_log.csv").write_text(
+            "iteration,train_loss,lr\n" + "".join(f"{i},{2.3 - i / 2000 - seed / 10},0.1\n" for i in range(100, 2600, 100)))
+    text = build_report(tmp_path).read_text()
+    try:
+        import matplotlib  # noqa: F401  (not a dependency)
+    except ImportError:
+        assert "Figures skipped: matplotlib is not installed" in text
+        assert not (tmp_path / "figures").exists()
+    else:
+        slug = "cifar_resnet20_bn_he_cifar10_it2500"
+        for kind in ("loss", "top1"):
+            assert (tmp_path / "figures" / f"{slug}_{kind}.png").stat().st_size > 1000
+            assert f"(figures/{slug}_{kind}.png)" in text
+
+
+# --- presets and selection ---------------------------------------------------------------------------------
+
+def test_presets_and_selection():
+    cpu = presets.cpu()
+    assert len(cpu) == 18 and {r.seed for r in cpu} == {0, 1, 2}
+    no_norm = [r for r in cpu if r.norm == "none"]
+    assert {(r.depth, r.act, r.init) for r in no_norm} == {(32, "silu", "torch"), (32, "la_silu", "torch")}
+    assert "--init" in no_norm[0].recipe_args() and "--init" not in cpu[0].recipe_args()
+    assert no_norm[0].recipe_args()[no_norm[0].recipe_args().index("--lr") + 1] == "0.01"
+    paper = presets.paper()
+    assert len(paper) == 155 and all(r.schedule.resolved_milestones() == (32000, 48000) for r in paper)
+    assert {r.init for r in paper if r.model == "cifar_resnet" and r.norm == "none"} == {"torch"}
+    picked = presets.select("cpu", acts=["LA-SiLU"], seeds=[5, 6], max_iter=100)
+    assert {(r.depth, r.act, r.seed) for r in picked} == {(20, "la_silu", 5), (20, "la_silu", 6),
+                                                          (32, "la_silu", 5), (32, "la_silu", 6)}
+    assert all(r.schedule.resolved_milestones() == (50, 75) for r in picked)
+    with pytest.raises(ValueError, match="no run of preset 'cpu' matches"):
+        presets.select("cpu", depths=[56])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--preset", "cpu", "--acts", "gelu"], "unknown activation 'gelu'"),
+    (["--preset", "smoke", "--norms", "batch"], "unknown norm 'batch'"),
+    (["--preset", "smoke", "--data-dir", "{tmp}/missing", "--out", "{tmp}/o"], "data dir '{tmp}/missing' does not"),
+    (["--report-only", "--out", "{tmp}/nothing"], "--report-only needs --out"),
+    (["--acts", "relu"], "choose --preset"),
+])
+def test_bad_input_is_one_error_line(tmp_path, capsys, flags, message):
+    code, _, err = reproduce(*[f.format(tmp=tmp_path) for f in flags], capsys=capsys)
+    assert code == 2 and err.count("\n") == 1 and message.format(tmp=tmp_path) in err
+    assert not (tmp_path / "o").exists()
+
+
+# --- the smoke preset end to end, twice, then an interrupted and a partial run -------------------------------
+
+def test_smoke_preset_runs_resumes_and_reports(tmp_path, capsys, monkeypatch):
+    data = make_imagefolder(tmp_path / "data", classes=3, per_class=(10, 4))
+    out = tmp_path / "study"
+    args = ["--preset", "smoke", "--data-dir", data, "--out", out, "--jobs", "2", "--threads", "1"]
+    code, stdout, err = reproduce(*args, capsys=capsys)
+    assert code == 0, err
+    with open(out / "runs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["act"], r["seed"]) for r in rows) == [("la_silu", "0"), ("la_silu", "1"), ("relu", "0"),
+                                                            ("relu", "1")]
+    for row in rows:
+        results = json.loads((out / row["run_dir"] / "results.json").read_text())
+        assert float(row["test_top1"]) == results["test"]["top1"] and int(row["iterations"]) == 12
+        assert row["command"].startswith("OMP_NUM_THREADS=1 ") and "--max-iter 12 --milestones 6 9" in row["command"]
+        assert "--resume" not in row["command"] and float(row["wall_seconds"]) > 0
+    report = (out / "report.md").read_text()
+    assert "## ResNet-8, batch norm, He init, CIFAR-10, 12 iterations" in report
+    assert "| LA-SiLU | 2 |" in report and "| ReLU | 2 |" in report and "LA-SiLU vs ReLU, test top-1" in report
+
+    # Twice: nothing runs again, runs.csv keeps one row per run.
+    def no_run(*a, **k):
+        raise AssertionError("a finished run was launched again")
+
+    monkeypatch.setattr(subprocess, "run", no_run)
+    code, stdout, _ = reproduce(*args, capsys=capsys)
+    assert code == 0 and "4 finished already" in stdout
+    monkeypatch.undo()
+
+    # An interrupted run (checkpoint, no results) resumes; a run stopped before its first checkpoint restarts.
+    resumed, restarted = (out / r["run_dir"] for r in rows[:2])
+    (resumed / "results.json").unlink()
+    next(resumed.glob("seed_*/results.json")).unlink()
+    shutil.rmtree(restarted)
+    restarted.mkdir()
+    (restarted / "stale.txt").write_text("written before the first checkpoint")
+    code, stdout, err = reproduce(*args, capsys=capsys)
+    assert code == 0, err
+    assert "2 finished already, 1 to resume, 1 to start" in stdout
+    assert "resumed from" in (out / "logs" / f"{resumed.name}.log").read_text()
+    attempts = json.loads((out / "meta" / f"{resumed.name}.json").read_text())["attempts"]
+    assert len(attempts) == 2 and attempts[1]["command"].endswith("--resume")
+    attempts = json.loads((out / "meta" / f"{restarted.name}.json").read_text())["attempts"]
+    assert len(attempts) == 2 and not attempts[1]["command"].endswith("--resume")
+    assert (restarted / "results.json").is_file() and not (restarted / "stale.txt").exists()
+    with open(out / "runs.csv") as f:
+        assert sorted(r["run_dir"] for r in csv.DictReader(f)) == sorted(r["run_dir"] for r in rows)
