@@ -11,7 +11,7 @@ from layeract_patch.training import cli
 
 
 def get_args_parser(add_help: bool = True):
-    return cli.get_args_parser("paper_cnn", add_help=add_help, prog=Path(__file__).name)
+    return cli.get_args_parser("layeract_cnn", add_help=add_help, prog=Path(__file__).name)
 
 
 def main(args):
@@ -21,7 +21,7 @@ def main(args):
 
 def run(argv=None) -> int:
     """The command line: exit 0, or 2 after one `error:` line (bad input), 130 (Ctrl-C), 1 (diverged)."""
-    return cli.run(argv, model="paper_cnn", prog=Path(__file__).name)
+    return cli.run(argv, model="layeract_cnn", prog=Path(__file__).name)
 
 
 if __name__ == "__main__":

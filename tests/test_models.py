@@ -122,8 +122,7 @@ def test_registered_with_timm():
 def test_one_name_for_the_paper_cnn():
     import layeract_patch.models as models
     assert "paper_cnn" not in models.__all__  # one builder: the timm-registered layeract_cnn
-    with pytest.warns(DeprecationWarning, match="now layeract_cnn"):  # until training/cli.py is renamed
-        assert models.paper_cnn is layeract_cnn
+    assert not hasattr(models, "paper_cnn")
     model = layeract_cnn(num_classes=4, act="silu", norm="ln", in_chans=1, init="torch")
     assert isinstance(model, PaperCNN) and model.fc.out_features == 4 and model.init == "torch"
 

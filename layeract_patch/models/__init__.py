@@ -26,14 +26,3 @@ MODELS = {"cifar_resnet": cifar_resnet, "layeract_cnn": layeract_cnn}
 __all__ = ["CifarResNet", "BasicBlock", "PaperCNN", "cifar_resnet", "layeract_cnn", "cifar_resnet20",
            "cifar_resnet32", "cifar_resnet44", "cifar_resnet56", "cifar_resnet110", "NORMS", "INITS", "MODELS"]
 
-
-def __getattr__(name):
-    # Transition only: training/cli.py still imports the paper CNN's old builder name. Remove this function
-    # once it imports `layeract_cnn` (issue 11: one name for the paper CNN).
-    if name == "paper_cnn":
-        import warnings
-
-        warnings.warn("layeract_patch.models.paper_cnn is now layeract_cnn (the timm name)", DeprecationWarning,
-                      stacklevel=2)
-        return layeract_cnn
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -59,9 +59,7 @@ class RunSpec:
         """The recipe flags for this run (without --data-dir, --out, --resume and the machine's flags)."""
         s = self.schedule
         args = [] if self.depth is None else ["--depth", str(self.depth)]
-        args += ["--act", self.act, "--norm", self.norm]
-        if self.init != "he":  # the recipes' default; only newer recipes know --init
-            args += ["--init", self.init]
+        args += ["--act", self.act, "--norm", self.norm, "--init", self.init]
         if self.dataset != "cifar10":
             args += ["--dataset", self.dataset]
         args += ["--seeds", str(self.seed), "--max-iter", str(s.max_iter),

@@ -48,7 +48,7 @@ HISTORY_COLUMNS = ("iteration", "lr", "train_loss", "val_top1", "val_top5", "val
 @dataclass(frozen=True)
 class CifarConfig:
     """Everything a CIFAR run depends on; the recipes' flags map one to one onto these fields."""
-    model: str = "cifar_resnet"  # or "paper_cnn"
+    model: str = "cifar_resnet"  # or "layeract_cnn"
     depth: Optional[int] = 20
     act: str = "la_silu"
     norm: str = "bn"
@@ -168,7 +168,7 @@ def prepare(cfg: CifarConfig, explicit_milestones: bool = True) -> Plan:
     `cfg` is resolved (see `resolve`). With `explicit_milestones` False (the user gave none) a resumed run
     that raises --max-iter keeps the schedule it started with instead of moving the milestones.
     """
-    from ..models import cifar_resnet, paper_cnn
+    from ..models import cifar_resnet, layeract_cnn
 
     device = resolve_device(cfg.device)
     dist = init_distributed(device.type)
@@ -193,12 +193,10 @@ def prepare(cfg: CifarConfig, explicit_milestones: bool = True) -> Plan:
                       test_labels.to(device), classes, mean, std, source)
     for path, settings in saved:  # a changed data set under the same --data-dir is a different run too
         check_resume(settings, {"data": data.fingerprint()}, path, keys=["data"])
-    builder = cifar_resnet if cfg.model == "cifar_resnet" else paper_cnn
-    options = dict(num_classes=len(classes), act=cfg.act, norm=cfg.norm, in_chans=train_images.shape[1])
+    builder = cifar_resnet if cfg.model == "cifar_resnet" else layeract_cnn
+    options = dict(num_classes=len(classes), act=cfg.act, norm=cfg.norm, init=cfg.init, in_chans=train_images.shape[1])
     if cfg.model == "cifar_resnet":
         options["depth"] = cfg.depth
-    if cfg.init != "he":  # the builders' default; the keyword is new in models/ (merged separately)
-        options["init"] = cfg.init
     return Plan(cfg, partial(builder, **options), data, device, dist, extensions)
 
 

@@ -18,7 +18,7 @@ from .outdir import claim_output
 
 __all__ = ["get_args_parser", "main", "run", "config_from_args", "MODEL_CHOICES"]
 
-MODEL_CHOICES = ("cifar_resnet", "paper_cnn")
+MODEL_CHOICES = ("cifar_resnet", "layeract_cnn")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
