@@ -209,6 +209,9 @@ def test_smoke_preset_runs_resumes_and_reports(tmp_path, capsys, monkeypatch):
         assert row["command"].startswith("OMP_NUM_THREADS=1 ") and "--max-iter 12 --milestones 6 9" in row["command"]
         assert "--resume" not in row["command"] and float(row["wall_seconds"]) > 0
     report = (out / "report.md").read_text()
+    # Seed-major: both seed-0 runs are launched before any seed-1 run.
+    logs = sorted((out / "logs").glob("*.log"), key=lambda p: p.stat().st_ctime)
+    assert [p.name.endswith("_s0.log") for p in logs] == [True, True, False, False]
     assert "## ResNet-8, batch norm, He init, CIFAR-10, 12 iterations" in report
     assert "| LA-SiLU | 2 |" in report and "| ReLU | 2 |" in report and "LA-SiLU vs ReLU, test top-1" in report
 
@@ -234,6 +237,8 @@ def test_smoke_preset_runs_resumes_and_reports(tmp_path, capsys, monkeypatch):
     assert "resumed from" in (out / "logs" / f"{resumed.name}.log").read_text()
     attempts = json.loads((out / "meta" / f"{resumed.name}.json").read_text())["attempts"]
     assert len(attempts) == 2 and attempts[1]["command"].endswith("--resume")
+    versions = json.loads((out / "meta" / f"{resumed.name}.json").read_text())["code_version"]
+    assert len(versions) == 2 and all(v == "unknown" or len(v.split("+")[0]) == 40 for v in versions)
     attempts = json.loads((out / "meta" / f"{restarted.name}.json").read_text())["attempts"]
     assert len(attempts) == 2 and not attempts[1]["command"].endswith("--resume")
     assert (restarted / "results.json").is_file() and not (restarted / "stale.txt").exists()

@@ -113,6 +113,19 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _code_version(root: Path) -> str:
+    """The git commit the recipes ran from (with "+changes" when the checkout differs from it), else "unknown"."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", "layeract_patch", "recipes")
+    except OSError:
+        return "unknown"
+    return (commit + ("+changes" if changed else "")) if commit else "unknown"
+
+
 def _launch(item: Planned, config: StudyConfig, stop: threading.Event) -> Dict:
     """Run one recipe subprocess to its end; record its meta file. Returns {"name", "returncode", ...}."""
     spec, run_dir = item.spec, config.run_dir(item.spec)
@@ -139,6 +152,7 @@ def _launch(item: Planned, config: StudyConfig, stop: threading.Event) -> Dict:
                                                   "returncode": returncode, "wall_seconds": wall}],
         "wall_seconds": meta.get("wall_seconds", 0.0) + wall,
         "returncode": returncode, "amp": config.amp, "data_dir": str(config.data_for(spec)),
+        "code_version": meta.get("code_version", []) + [_code_version(config.recipes_root)],
     }
     meta_path.parent.mkdir(parents=True, exist_ok=True)
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
@@ -187,7 +201,8 @@ def run_study(specs: Sequence[RunSpec], config: StudyConfig, log=print) -> Dict:
     starts, and the same command later continues where this one stopped.
     """
     planned = plan(specs, config)
-    todo = [item for item in planned if item.status != "done"]
+    # Seed-major order: every configuration's seed 0 first, so a study stopped part-way has balanced groups.
+    todo = sorted((item for item in planned if item.status != "done"), key=lambda item: item.spec.seed)
     config.out.mkdir(parents=True, exist_ok=True)
     log(f"{len(planned)} runs: {len(planned) - len(todo)} finished already, "
         f"{sum(i.status == 'resume' for i in todo)} to resume, {sum(i.status == 'start' for i in todo)} to start; "
