@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 __all__ = ["Activation", "CATALOGUE", "GATES", "lookup", "layer_act_names", "element_of", "resolve",
-           "replaced_types", "gate_types", "functional_sources", "layer_act_for"]
+           "replaced_types", "gate_types", "functional_sources", "layer_act_for", "kernel_code"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,7 @@ _RECORDS = (
 )
 
 CATALOGUE: Dict[str, Activation] = {record.name: record for record in _RECORDS}
+_KERNEL_CODES: Dict[str, int] = {r.scale: r.kernel_code for r in _RECORDS if r.layer_act and r.kernel_code is not None}
 _BY_ALIAS: Dict[str, Activation] = {alias: r for r in _RECORDS for alias in (r.name, *r.aliases)}
 
 # Sigmoid-like gates (squeeze-excitation and friends): never converted, LayerAct is not a gate.
@@ -109,6 +110,11 @@ def lookup(name: str) -> Activation:
 
 def layer_act_names() -> Tuple[str, ...]:
     return tuple(r.name for r in _RECORDS if r.layer_act)
+
+
+def kernel_code(kind: str) -> int:
+    """The integer the fused kernels switch on for a LayerAct scale kind ("silu" -> 0, "hardsilu" -> 1)."""
+    return _KERNEL_CODES[kind]
 
 
 def layer_act_for(element: Activation) -> Activation:

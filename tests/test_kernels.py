@@ -11,6 +11,7 @@ import layeract_patch
 from layeract_patch import LAHardSiLU, LASiLU, la_reference, layer_act, set_backend
 from layeract_patch import _kernels
 from layeract_patch._kernels import cpu_kernel, torch_ops
+from layeract_patch._kernels.layout import dense_layout
 
 KINDS = ("silu", "hardsilu")
 
@@ -94,7 +95,7 @@ def test_cpu_kernel_matches_formula(cpu_backend, layout, affine, kind):
     assert layeract_patch.backend("cpu") == "cpu"
     x = LAYOUTS[layout]()
     out, grads = compare(x, kind, affine)
-    _, fmt = torch_ops.dense_layout(x, 1)
+    _, fmt = dense_layout(x, 1)
     if fmt is not None:
         assert out.is_contiguous(memory_format=fmt) and grads[0].is_contiguous(memory_format=fmt)
 
