@@ -41,13 +41,21 @@ class Scale(NamedTuple):
     derivative: Callable[[Tensor, Tensor], Tensor]
 
 
+def _hard_sigmoid(z: Tensor) -> Tensor:
+    # F.hardsigmoid's backward has no derivative of its own; the clamp form is twice differentiable
+    # (and what a trace records, so that its graph does not depend on grad mode)
+    if torch.jit.is_tracing() or (z.requires_grad and torch.is_grad_enabled()):
+        return torch.clamp(z / 6 + 0.5, 0, 1)
+    return F.hardsigmoid(z)
+
+
 def _hard_derivative(z: Tensor, s: Tensor) -> Tensor:
     return ((z > -3) & (z < 3)).to(z.dtype) / 6
 
 
 SCALES: Dict[str, Scale] = {
     "silu": Scale(torch.sigmoid, lambda z, s: s * (1 - s)),
-    "hardsilu": Scale(F.hardsigmoid, _hard_derivative),
+    "hardsilu": Scale(_hard_sigmoid, _hard_derivative),
     "relu": Scale(lambda z: (z >= 0).to(z.dtype), lambda z, s: torch.zeros_like(z)),  # element-level only
 }
 KINDS = ("silu", "hardsilu")  # the scales a LayerAct can use (relu's step would make n's scale meaningless)

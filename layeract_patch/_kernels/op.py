@@ -11,8 +11,9 @@ torch.export see LayerAct as one opaque node and keep the fused kernel, with no 
   - eager: `_EagerLayerAct`, an autograd.Function running the same forward and backward. The custom
     op's Python dispatch costs about three times the whole call of an autograd.Function on small
     tensors (measured: benchmarks in the report), so eager calls skip it;
-  - jit.trace, ONNX export and torch.func transforms: `functional.la_reference`, plain ops that those
-    tools can record, batch or export (an opaque op cannot be exported to ONNX).
+  - jit.trace, ONNX export, torch.func transforms and tensor subclasses (make_fx's fake tensors...):
+    `functional.la_reference`, plain ops that those tools can record, batch or export (an opaque op
+    cannot be exported to ONNX).
 
 Backward keeps only x and two numbers per sample. When it runs with grad mode on (create_graph=True,
 gradient penalties) or under a torch.func transform, it is computed in differentiable tensor ops with
@@ -31,16 +32,31 @@ from .layout import channels_last_format, empty_output
 
 _functorch_active = torch._C._are_functorch_transforms_active
 _is_compiling = torch.compiler.is_compiling
+# batched (autograd.grad(is_grads_batched=True)), fake and other subclass tensors have no data for a kernel
+_special = torch._C._dispatch_isTensorSubclassLike
+_HUGE_SPREAD_RSTD = 1e-15
 
 
 def _forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], kind: str, alpha: float,
              start_dim: int) -> Tuple[Tensor, Tensor, Tensor]:
-    return select(x).forward(x, weight, bias, kind, alpha, start_dim)
+    backend = select(x)
+    out, mean, rstd = backend.forward(x, weight, bias, kind, alpha, start_dim)
+    # rstd = 0 or an infinite mean from a finite input: the fused kernel's sums overflowed (float32 beyond
+    # ~1e19); the eager backend scales such samples. (NaN and inf inputs give NaN samples either way.)
+    # Checked on CPU only (about a microsecond); on CUDA it would wait for the kernel.
+    if (backend is not torch_ops and x.is_cpu and mean.numel() and not bool((mean * 0 + rstd > 0).all())
+            and bool(x.isfinite().all())):
+        return torch_ops.forward(x, weight, bias, kind, alpha, start_dim)
+    return out, mean, rstd
 
 
 def _backward_kernel(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Optional[Tensor],
                      bias: Optional[Tensor], kind: str, start_dim: int):
-    return select(x).backward(grad, x, mean, rstd, weight, bias, kind, start_dim)
+    backend = select(x)
+    # samples with a spread beyond ~1e15 overflow the fused kernels' float sums; the eager ops stay finite
+    if backend is not torch_ops and x.is_cpu and rstd.numel() and bool((rstd < _HUGE_SPREAD_RSTD).any()):
+        backend = torch_ops
+    return backend.backward(grad, x, mean, rstd, weight, bias, kind, start_dim)
 
 
 # ---------------------------------------------------------------- the custom ops (compile / export)
@@ -88,12 +104,12 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad: Tensor, *unused_stat_grads):
     x, mean, rstd, weight, bias = ctx.saved_tensors
-    if torch.is_grad_enabled() or _functorch_active():
-        dx, dweight, dbias = torch_ops.differentiable_backward(grad, x, weight, bias, ctx.kind, ctx.alpha,
-                                                               ctx.start_dim)
-    elif _is_compiling():
+    if _is_compiling() and not torch.is_grad_enabled():
         dx, dparams = layer_act_backward_op(grad, x, mean, rstd, weight, bias, ctx.kind, ctx.start_dim)
         dweight, dbias = (None, None) if weight is None else dparams.unbind()
+    elif torch.is_grad_enabled() or _functorch_active() or _special(grad):
+        dx, dweight, dbias = torch_ops.differentiable_backward(grad, x, weight, bias, ctx.kind, ctx.alpha,
+                                                               ctx.start_dim)
     else:
         dx, dweight, dbias = _backward_kernel(grad, x, mean, rstd, weight, bias, ctx.kind, ctx.start_dim)
     return dx, dweight, dbias, None, None, None
@@ -113,17 +129,14 @@ class _EagerLayerAct(torch.autograd.Function):
     backward = staticmethod(_backward)
 
 
-def _plain_ops_wanted() -> bool:
-    # torch.onnx.export(dynamo=True) runs through torch.export, hence is_compiling(); dynamo=False is jit tracing
-    return (torch.jit.is_tracing() or torch.jit.is_scripting() or _functorch_active()
-            or (_is_compiling() and torch.onnx.is_in_onnx_export()))
-
-
 def layer_act(x: Tensor, kind: str, alpha: float, weight: Optional[Tensor], bias: Optional[Tensor],
               start_dim: int) -> Tensor:
     """LayerAct on checked arguments (start_dim non-negative): see `functional.layer_act`."""
-    if _plain_ops_wanted():
-        return la_reference(x, kind, alpha, weight, bias, start_dim)
     if _is_compiling():
+        # torch.onnx.export(dynamo=True) runs through torch.export: ONNX knows plain ops, not ours
+        if torch.onnx.is_in_onnx_export():
+            return la_reference(x, kind, alpha, weight, bias, start_dim)
         return layer_act_op(x, weight, bias, kind, float(alpha), start_dim)[0]
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or _functorch_active() or _special(x):
+        return la_reference(x, kind, alpha, weight, bias, start_dim)
     return _EagerLayerAct.apply(x, weight, bias, kind, float(alpha), start_dim)[0]

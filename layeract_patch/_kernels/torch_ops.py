@@ -59,13 +59,15 @@ def backward(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Option
     n = (xf - stat_view(mean, x, start_dim)) * rstd_b
     z = _affine(n, weight, bias, start_dim)
     s = scale(z, kind)
-    dz = g * xf * scale_derivative(z, s, kind)
-    dn = dz * channel_view(weight.to(dz.dtype), x.dim(), start_dim) if weight is not None else dz
-    dn_rows, _ = as_rows(dn, start_dim)
-    dnn_rows, _ = as_rows(dn * n, start_dim)
-    mean_dn = stat_view(dn_rows.mean(1), x, start_dim)
-    mean_dnn = stat_view(dnn_rows.mean(1), x, start_dim)
-    dx = g * s + rstd_b * (dn - mean_dn - n * mean_dnn)
+    ds_dz = scale_derivative(z, s, kind)
+    dz = g * xf * ds_dz
+    # dx = g s + rstd (dn - mean(dn) - n mean(dn n)) with dn = w dz; rstd dn is formed as g s' w (x rstd),
+    # which stays in range where x itself is near float32's limit (dn alone would overflow there)
+    w = channel_view(weight.to(dz.dtype), x.dim(), start_dim) if weight is not None else 1.0
+    q = g * ds_dz * w * (xf * rstd_b)
+    q_rows, _ = as_rows(q, start_dim)
+    qn_rows, _ = as_rows(q * n, start_dim)
+    dx = g * s + q - stat_view(q_rows.mean(1), x, start_dim) - n * stat_view(qn_rows.mean(1), x, start_dim)
     dweight = dbias = None
     if weight is not None:
         others = [d for d in range(x.dim()) if d != start_dim]
