@@ -34,17 +34,17 @@ _functorch_active = torch._C._are_functorch_transforms_active
 _is_compiling = torch.compiler.is_compiling
 # batched (autograd.grad(is_grads_batched=True)), fake and other subclass tensors have no data for a kernel
 _special = torch._C._dispatch_isTensorSubclassLike
-_HUGE_SPREAD_RSTD = 1e-15
+_SAFE_RSTD = 1e-15  # 1 / the largest per-sample spread the fused kernels are trusted with
 
 
 def _forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], kind: str, alpha: float,
              start_dim: int) -> Tuple[Tensor, Tensor, Tensor]:
     backend = select(x)
     out, mean, rstd = backend.forward(x, weight, bias, kind, alpha, start_dim)
-    # rstd = 0 or an infinite mean from a finite input: the fused kernel's sums overflowed (float32 beyond
-    # ~1e19); the eager backend scales such samples. (NaN and inf inputs give NaN samples either way.)
-    # Checked on CPU only (about a microsecond); on CUDA it would wait for the kernel.
-    if (backend is not torch_ops and x.is_cpu and mean.numel() and not bool((mean * 0 + rstd > 0).all())
+    # A sample spread beyond ~1e15 can overflow the fused kernels' float sums (rstd 0 or NaN); the eager
+    # backend scales such samples. NaN and inf inputs give NaN samples either way and stay. Checked on
+    # CPU only (one reduction over the rows); on CUDA it would wait for the kernel.
+    if (backend is not torch_ops and x.is_cpu and mean.numel() and not float(rstd.min()) >= _SAFE_RSTD
             and bool(x.isfinite().all())):
         return torch_ops.forward(x, weight, bias, kind, alpha, start_dim)
     return out, mean, rstd
@@ -53,8 +53,8 @@ def _forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], kind: 
 def _backward_kernel(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Optional[Tensor],
                      bias: Optional[Tensor], kind: str, start_dim: int):
     backend = select(x)
-    # samples with a spread beyond ~1e15 overflow the fused kernels' float sums; the eager ops stay finite
-    if backend is not torch_ops and x.is_cpu and rstd.numel() and bool((rstd < _HUGE_SPREAD_RSTD).any()):
+    # the same samples (saved statistics of a spread beyond ~1e15) go to the eager ops, which stay finite
+    if backend is not torch_ops and x.is_cpu and rstd.numel() and float(rstd.min()) < _SAFE_RSTD:
         backend = torch_ops
     return backend.backward(grad, x, mean, rstd, weight, bias, kind, start_dim)
 
@@ -119,13 +119,19 @@ layer_act_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 class _EagerLayerAct(torch.autograd.Function):
-    """The custom op's forward and autograd rule without the dispatcher round trip (eager calls)."""
+    """The custom op's forward and autograd rule without the dispatcher round trip (eager calls).
+
+    Written in the (ctx, inputs) style: a separate setup_context makes every apply() bind its arguments
+    with inspect.signature, which costs more than a small kernel itself.
+    """
 
     @staticmethod
-    def forward(x, weight, bias, kind, alpha, start_dim):
-        return _forward(x, weight, bias, kind, alpha, start_dim)
+    def forward(ctx, x, weight, bias, kind, alpha, start_dim):
+        out, mean, rstd = _forward(x, weight, bias, kind, alpha, start_dim)
+        ctx.save_for_backward(x, mean, rstd, weight, bias)
+        ctx.kind, ctx.alpha, ctx.start_dim = kind, alpha, start_dim
+        return out  # one output: the statistics stay in ctx, which saves the autograd bookkeeping of two more
 
-    setup_context = staticmethod(_setup_context)
     backward = staticmethod(_backward)
 
 
@@ -139,4 +145,4 @@ def layer_act(x: Tensor, kind: str, alpha: float, weight: Optional[Tensor], bias
         return layer_act_op(x, weight, bias, kind, float(alpha), start_dim)[0]
     if torch.jit.is_tracing() or torch.jit.is_scripting() or _functorch_active() or _special(x):
         return la_reference(x, kind, alpha, weight, bias, start_dim)
-    return _EagerLayerAct.apply(x, weight, bias, kind, float(alpha), start_dim)[0]
+    return _EagerLayerAct.apply(x, weight, bias, kind, float(alpha), start_dim)
