@@ -118,7 +118,12 @@ def _layeract_nodes(graph):
 
 
 @pytest.mark.slow
-def test_compile_keeps_the_fused_op_with_no_graph_break():
+def test_compile_keeps_the_fused_op_with_no_graph_break(monkeypatch):
+    from layeract_patch._kernels import op
+
+    fused_backward_calls = []
+    kernel = op._backward_kernel
+    monkeypatch.setattr(op, "_backward_kernel", lambda *a: fused_backward_calls.append(1) or kernel(*a))
     torch._dynamo.reset()
     net = conv_net()
     x = torch.randn(2, 3, 6, 6)
@@ -130,6 +135,7 @@ def test_compile_keeps_the_fused_op_with_no_graph_break():
     out = compiled(x)
     torch.testing.assert_close(out, net(x), atol=1e-5, rtol=1e-4)
     out.square().sum().backward()
+    assert len(fused_backward_calls) == 3  # the compiled backward runs the fused backward op, once per LayerAct
     grads = [p.grad.clone() for p in net.parameters()]
     net.zero_grad()
     reference_net(net)(x).square().sum().backward()
