@@ -21,6 +21,7 @@ the statistics recomputed from x, so second derivatives are exact; otherwise it 
 """
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Optional, Tuple
 
 import torch
@@ -34,27 +35,31 @@ _functorch_active = torch._C._are_functorch_transforms_active
 _is_compiling = torch.compiler.is_compiling
 # batched (autograd.grad(is_grads_batched=True)), fake and other subclass tensors have no data for a kernel
 _special = torch._C._dispatch_isTensorSubclassLike
-_SAFE_RSTD = 1e-15  # 1 / the largest per-sample spread the fused kernels are trusted with
+_SAFE_RSTD = 1e-15  # 1 / the largest per-sample spread (std) the fused kernels are trusted with
 
 
 def _forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], kind: str, alpha: float,
-             start_dim: int) -> Tuple[Tensor, Tensor, Tensor]:
+             start_dim: int) -> Tuple[Tuple[Tensor, Tensor, Tensor], ModuleType]:
+    """(out, mean, rstd) and the backend whose backward fits them."""
     backend = select(x)
-    out, mean, rstd = backend.forward(x, weight, bias, kind, alpha, start_dim)
-    # A sample spread beyond ~1e15 can overflow the fused kernels' float sums (rstd 0 or NaN); the eager
-    # backend scales such samples. NaN and inf inputs give NaN samples either way and stay. Checked on
-    # CPU only (one reduction over the rows); on CUDA it would wait for the kernel.
-    if (backend is not torch_ops and x.is_cpu and mean.numel() and not float(rstd.min()) >= _SAFE_RSTD
-            and bool(x.isfinite().all())):
-        return torch_ops.forward(x, weight, bias, kind, alpha, start_dim)
-    return out, mean, rstd
+    result = backend.forward(x, weight, bias, kind, alpha, start_dim)
+    if backend is not torch_ops and x.is_cpu and result[1].numel() and _too_spread(result[2]):
+        # the fused kernels' float sums may overflow here (rstd 0 or NaN); the eager ops scale such samples.
+        # NaN and inf inputs give NaN samples in every backend: those keep the kernel's result.
+        return (torch_ops.forward(x, weight, bias, kind, alpha, start_dim) if bool(x.isfinite().all())
+                else result), torch_ops
+    return result, backend
+
+
+def _too_spread(rstd: Tensor) -> bool:
+    # One reduction over the rows, on CPU only: on CUDA it would wait for the kernel.
+    return not float(rstd.min()) >= _SAFE_RSTD
 
 
 def _backward_kernel(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Optional[Tensor],
                      bias: Optional[Tensor], kind: str, start_dim: int):
     backend = select(x)
-    # the same samples (saved statistics of a spread beyond ~1e15) go to the eager ops, which stay finite
-    if backend is not torch_ops and x.is_cpu and rstd.numel() and float(rstd.min()) < _SAFE_RSTD:
+    if backend is not torch_ops and x.is_cpu and rstd.numel() and _too_spread(rstd):
         backend = torch_ops
     return backend.backward(grad, x, mean, rstd, weight, bias, kind, start_dim)
 
@@ -64,7 +69,7 @@ def _backward_kernel(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight
 @torch.library.custom_op("layeract::layer_act", mutates_args=())
 def layer_act_op(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], kind: str, alpha: float,
                  start_dim: int) -> Tuple[Tensor, Tensor, Tensor]:
-    out, mean, rstd = _forward(x, weight, bias, kind, alpha, start_dim)
+    (out, mean, rstd), _ = _forward(x, weight, bias, kind, alpha, start_dim)
     # the fake function promises x's dense format (inductor checks strides); the eager backend may differ
     fmt = channels_last_format(x, start_dim) or torch.contiguous_format
     return out.contiguous(memory_format=fmt), mean, rstd
@@ -110,6 +115,8 @@ def _backward(ctx, grad: Tensor, *unused_stat_grads):
     elif torch.is_grad_enabled() or _functorch_active() or _special(grad):
         dx, dweight, dbias = torch_ops.differentiable_backward(grad, x, weight, bias, ctx.kind, ctx.alpha,
                                                                ctx.start_dim)
+    elif getattr(ctx, "backend", None) is not None:  # eager: the forward chose it
+        dx, dweight, dbias = ctx.backend.backward(grad, x, mean, rstd, weight, bias, ctx.kind, ctx.start_dim)
     else:
         dx, dweight, dbias = _backward_kernel(grad, x, mean, rstd, weight, bias, ctx.kind, ctx.start_dim)
     return dx, dweight, dbias, None, None, None
@@ -127,7 +134,7 @@ class _EagerLayerAct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, kind, alpha, start_dim):
-        out, mean, rstd = _forward(x, weight, bias, kind, alpha, start_dim)
+        (out, mean, rstd), ctx.backend = _forward(x, weight, bias, kind, alpha, start_dim)
         ctx.save_for_backward(x, mean, rstd, weight, bias)
         ctx.kind, ctx.alpha, ctx.start_dim = kind, alpha, start_dim
         return out  # one output: the statistics stay in ctx, which saves the autograd bookkeeping of two more
