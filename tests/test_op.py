@@ -156,3 +156,23 @@ def test_the_op_can_be_called_directly():
     out, mean, rstd = torch.ops.layeract.layer_act(x, None, None, "silu", 1e-5, 1)
     torch.testing.assert_close(out, la_reference(x, "silu"))
     assert mean.shape == rstd.shape == (2,) and mean.dtype == torch.float32
+
+
+def test_vmap_rules_of_the_ops():
+    x = torch.randn(4, 3, 2, 5)
+    weights, biases = torch.rand(4, 2) + 0.5, torch.randn(4, 2)
+    forward = torch.ops.layeract.layer_act
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "batching rule not implemented" fallback
+        out = vmap(lambda t: forward(t, None, None, "silu", 1e-5, 1)[0])(x)
+        torch.testing.assert_close(out, la_reference(x, "silu", start_dim=2))
+        per_weight = vmap(lambda t, w, b: forward(t, w, b, "hardsilu", 1e-5, 1)[0])(x, weights, biases)
+        for i in range(4):
+            torch.testing.assert_close(per_weight[i], la_reference(x[i], "hardsilu", 1e-5, weights[i], biases[i]))
+        # the backward op on a batch of gradients equals one call per gradient
+        _, mean, rstd = forward(x[0], None, None, "silu", 1e-5, 1)
+        grads = torch.randn(4, 3, 2, 5)
+        backward = torch.ops.layeract.layer_act_backward
+        batched = vmap(lambda g: backward(g, x[0], mean, rstd, None, None, "silu", 1)[0])(grads)
+        for i in range(4):
+            torch.testing.assert_close(batched[i], backward(grads[i], x[0], mean, rstd, None, None, "silu", 1)[0])

@@ -3,8 +3,9 @@
     torch.ops.layeract.layer_act(x, weight, bias, kind, alpha, start_dim) -> (out, mean, rstd)
     torch.ops.layeract.layer_act_backward(grad, x, mean, rstd, weight, bias, kind, start_dim) -> (dx, dparams)
 
-are `torch.library.custom_op`s with fake (shape) functions and an autograd rule, so torch.compile and
-torch.export see LayerAct as one opaque node and keep the fused kernel, with no graph break.
+are `torch.library.custom_op`s with fake (shape) functions, an autograd rule and vmap rules, so
+torch.compile and torch.export see LayerAct as one opaque node and keep the fused kernel, with no
+graph break.
 
 `layer_act` picks the way in:
   - compiling / exporting: the custom op;
@@ -95,6 +96,31 @@ def _(grad, x, mean, rstd, weight, bias, kind, start_dim):
     fmt = channels_last_format(x, start_dim) or torch.contiguous_format
     dparams = x.new_empty(2, 0) if weight is None else weight.new_empty(2, weight.shape[0])
     return torch.empty_like(x, memory_format=fmt), dparams
+
+
+# ---------------------------------------------------------------- vmap rules (torch.vmap of the op itself)
+
+@layer_act_op.register_vmap
+def _(info, in_dims, x, weight, bias, kind, alpha, start_dim):
+    x_dim, weight_dim, bias_dim = in_dims[:3]
+    if x_dim is None or weight_dim is not None or bias_dim is not None:
+        return _vmap_by_loop(layer_act_op, info, in_dims, (x, weight, bias, kind, alpha, start_dim))
+    # the vmapped dim becomes one more leading dim of "rows": each inner sample keeps its own statistics
+    out, mean, rstd = layer_act_op(x.movedim(x_dim, 0), weight, bias, kind, alpha, start_dim + 1)
+    return (out, mean.view(info.batch_size, -1), rstd.view(info.batch_size, -1)), (0, 0, 0)
+
+
+@layer_act_backward_op.register_vmap
+def _(info, in_dims, *args):
+    # reached only by batched gradients without grad mode, e.g. torch.autograd.functional.jacobian(vectorize=True)
+    return _vmap_by_loop(layer_act_backward_op, info, in_dims, args)
+
+
+def _vmap_by_loop(op, info, in_dims, args):
+    """The op once per vmapped index, outputs stacked along dim 0."""
+    results = [op(*(a.select(d, i) if d is not None else a for a, d in zip(args, in_dims)))
+               for i in range(info.batch_size)]
+    return tuple(torch.stack(parts) for parts in zip(*results)), (0,) * len(results[0])
 
 
 # ---------------------------------------------------------------- the autograd rule, shared by both ways in
