@@ -14,9 +14,10 @@ is the same math written as plain tensor ops: the oracle the kernels are tested 
 runs under jit.trace, ONNX export and torch.func transforms, where plain ops are what those tools
 understand.
 
-Adding a LayerAct variant (say LA-GELU) is one record in `catalogue.py` plus its entry in SCALES
-here: s(z) and ds/dz written in tensor ops. It then runs on the eager backend everywhere; the C and
-Triton kernels switch on the record's kernel_code and need a case for it to run it fused.
+Adding a LayerAct variant (say LA-GELU) is one record in `catalogue.py` (with its module, a LayerAct
+subclass naming the kind) plus its entry in SCALES here: s(z) and ds/dz written in tensor ops. It then
+runs everywhere, on the eager backend; the C and Triton kernels switch on the record's kernel_code and
+take a kind only once they have a case for it.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class Scale(NamedTuple):
     """A scale function s(z) in [0, 1] and its derivative ds/dz, given z and s(z)."""
     value: Callable[[Tensor], Tensor]
     derivative: Callable[[Tensor, Tensor], Tensor]
+    element_only: bool = False  # relu's step: a LayerAct of it would make n's scale meaningless
 
 
 def _hard_sigmoid(z: Tensor) -> Tensor:
@@ -56,9 +58,16 @@ def _hard_derivative(z: Tensor, s: Tensor) -> Tensor:
 SCALES: Dict[str, Scale] = {
     "silu": Scale(torch.sigmoid, lambda z, s: s * (1 - s)),
     "hardsilu": Scale(_hard_sigmoid, _hard_derivative),
-    "relu": Scale(lambda z: (z >= 0).to(z.dtype), lambda z, s: torch.zeros_like(z)),  # element-level only
+    "relu": Scale(lambda z: (z >= 0).to(z.dtype), lambda z, s: torch.zeros_like(z), element_only=True),
 }
-KINDS = ("silu", "hardsilu")  # the scales a LayerAct can use (relu's step would make n's scale meaningless)
+
+
+def layer_act_kinds() -> Tuple[str, ...]:
+    """The scale kinds a LayerAct can use: every SCALES entry but the element-only ones."""
+    return tuple(kind for kind, entry in SCALES.items() if not entry.element_only)
+
+
+KINDS = layer_act_kinds()  # as the package ships; a variant added to SCALES later is accepted too
 
 
 def scale(z: Tensor, kind: str) -> Tensor:
@@ -81,8 +90,9 @@ def check_args(x: Tensor, kind: str, alpha: float, weight: Optional[Tensor], bia
     """Validate the arguments; return start_dim as a non-negative index."""
     if not isinstance(x, Tensor):
         raise TypeError(f"LayerAct expects a torch.Tensor, got {type(x).__name__}")
-    if kind not in KINDS:
-        raise ValueError(f"unknown LayerAct kind {kind!r}; choose one of {KINDS}")
+    entry = SCALES.get(kind)
+    if entry is None or entry.element_only:
+        raise ValueError(f"unknown LayerAct kind {kind!r}; choose one of {layer_act_kinds()}")
     if not x.is_floating_point():
         raise TypeError(f"LayerAct needs a floating-point tensor, got dtype {x.dtype}; convert it first, e.g. x.float()")
     if x.dim() < 2:

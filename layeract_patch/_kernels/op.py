@@ -28,6 +28,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..catalogue import CATALOGUE
 from ..functional import la_reference
 from . import select, torch_ops
 from .layout import channels_last_format, empty_output
@@ -36,13 +37,15 @@ _functorch_active = torch._C._are_functorch_transforms_active
 _is_compiling = torch.compiler.is_compiling
 # batched (autograd.grad(is_grads_batched=True)), fake and other subclass tensors have no data for a kernel
 _special = torch._C._dispatch_isTensorSubclassLike
+# scale kinds the fused kernels have a case for; others (a new variant) run on the eager ops
+FUSED_KINDS = frozenset(r.kind for r in CATALOGUE.values() if r.layer_act and r.kernel_code is not None)
 _SAFE_RSTD = 1e-15  # 1 / the largest per-sample spread (std) the fused kernels are trusted with
 
 
 def _forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], kind: str, alpha: float,
              start_dim: int) -> Tuple[Tuple[Tensor, Tensor, Tensor], ModuleType]:
     """(out, mean, rstd) and the backend whose backward fits them."""
-    backend = select(x)
+    backend = select(x) if kind in FUSED_KINDS else torch_ops
     result = backend.forward(x, weight, bias, kind, alpha, start_dim)
     if backend is not torch_ops and x.is_cpu and result[1].numel() and _too_spread(result[2]):
         # the fused kernels' float sums may overflow here (rstd 0 or NaN); the eager ops scale such samples.
@@ -59,7 +62,7 @@ def _too_spread(rstd: Tensor) -> bool:
 
 def _backward_kernel(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Optional[Tensor],
                      bias: Optional[Tensor], kind: str, start_dim: int):
-    backend = select(x)
+    backend = select(x) if kind in FUSED_KINDS else torch_ops
     if backend is not torch_ops and x.is_cpu and rstd.numel() and _too_spread(rstd):
         backend = torch_ops
     return backend.backward(grad, x, mean, rstd, weight, bias, kind, start_dim)
