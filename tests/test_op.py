@@ -176,3 +176,23 @@ def test_vmap_rules_of_the_ops():
         batched = vmap(lambda g: backward(g, x[0], mean, rstd, None, None, "silu", 1)[0])(grads)
         for i in range(4):
             torch.testing.assert_close(batched[i], backward(grads[i], x[0], mean, rstd, None, None, "silu", 1)[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("affine", [False, True], ids=["plain", "affine"])
+def test_saved_for_backward_is_the_input_plus_two_numbers_per_sample_in_every_dtype(dtype, affine):
+    x = torch.randn(6, 8, 10, 10, dtype=dtype, requires_grad=True)
+    weight, bias = affine_params(8, dtype) if affine else (None, None)
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = layer_act(x, "silu", 1e-5, weight, bias)
+    stat_bytes = 8 if dtype == torch.float64 else 4
+    params = 2 * 8 * x.element_size() if affine else 0
+    assert sum(saved.values()) == x.numel() * x.element_size() + 2 * 6 * stat_bytes + params
+    out.float().sum().backward()
+    assert x.grad.dtype == dtype and x.grad.isfinite().all()
