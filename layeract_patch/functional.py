@@ -40,7 +40,7 @@ class Scale(NamedTuple):
     """A scale function s(z) in [0, 1] and its derivative ds/dz, given z and s(z)."""
     value: Callable[[Tensor], Tensor]
     derivative: Callable[[Tensor, Tensor], Tensor]
-    element_only: bool = False  # relu's step: a LayerAct of it would make n's scale meaningless
+    element_only: bool = False  # True for relu: an element-level scale no LayerAct of this package uses
 
 
 def _hard_sigmoid(z: Tensor) -> Tensor:
