@@ -1,6 +1,11 @@
-"""layeract-patch: LayerAct (layer-wise balanced) activations for any torchvision or timm model."""
+"""layeract-patch: LayerAct (layer-wise balanced) activations for any torchvision or timm model.
+
+Importing the package is light: timm and torchvision load only with what needs them (the
+converter, models, training), which are imported on first use.
+"""
+import importlib
+
 from ._kernels import backend, set_backend
-from .convert import CallSiteActs, ConversionReport, convert_activations, default_activation_types, gate_types
 from .functional import la_hardsilu, la_reference, la_silu, layer_act
 from .modules import LAHardSiLU, LASiLU, LayerAct
 from .monitor import ScaleMonitor, pearson_per_layer
@@ -9,12 +14,18 @@ from .timm_compat import register_timm_activations, unregister_timm_activations
 
 __version__ = "0.1.0"
 
+# name -> the submodule that defines it, imported when the name is first used
+_LAZY = {name: "convert" for name in ("convert_activations", "ConversionReport", "CallSiteActs",
+                                      "default_activation_types", "gate_types")}
+_LAZY_MODULES = ("models", "training", "convert")
+
 
 def __getattr__(name):
-    # models and training import timm and the recipes' machinery: load them on first use only
-    if name in ("models", "training"):
-        import importlib
-
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    if name in _LAZY_MODULES:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

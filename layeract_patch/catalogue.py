@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 __all__ = ["Activation", "CATALOGUE", "GATES", "lookup", "layer_act_names", "element_of", "resolve",
-           "replaced_types", "gate_types", "functional_sources", "layer_act_for", "OTHER_ACTIVATIONS",
-           "activation_types"]
+           "replaced_types", "gate_types", "functional_sources", "layer_act_for", "kernel_code",
+           "OTHER_ACTIVATIONS", "activation_types"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,7 @@ _RECORDS = (
 )
 
 CATALOGUE: Dict[str, Activation] = {record.name: record for record in _RECORDS}
+_KERNEL_CODES: Dict[str, int] = {r.scale: r.kernel_code for r in _RECORDS if r.layer_act and r.kernel_code is not None}
 _BY_ALIAS: Dict[str, Activation] = {alias: r for r in _RECORDS for alias in (r.name, *r.aliases)}
 
 # Sigmoid-like gates (squeeze-excitation and friends): never converted, LayerAct is not a gate.
@@ -120,6 +121,11 @@ def lookup(name: str) -> Activation:
 
 def layer_act_names() -> Tuple[str, ...]:
     return tuple(r.name for r in _RECORDS if r.layer_act)
+
+
+def kernel_code(kind: str) -> int:
+    """The integer the fused kernels switch on for a LayerAct scale kind ("silu" -> 0, "hardsilu" -> 1)."""
+    return _KERNEL_CODES[kind]
 
 
 def layer_act_for(element: Activation) -> Activation:

@@ -1,32 +1,81 @@
-"""LayerAct as functions: the one place the math lives.
+"""LayerAct as functions: the one place the math lives (a leaf: it imports nothing of this package).
 
 For each sample (by default all dims but the batch dim form "the layer"):
 
     n = (y - mean(y)) / sqrt(var(y) + alpha)          population variance
     z = weight * n + bias                             only with an affine, per channel
-    LA-SiLU:     a = y * sigmoid(z)
-    LA-HardSiLU: a = y * clamp(z / 6 + 1/2, 0, 1)
+    a = y * s(z)                                      s from SCALES:
+        LA-SiLU:     s(z) = sigmoid(z)
+        LA-HardSiLU: s(z) = clamp(z / 6 + 1/2, 0, 1)
 
-`la_silu` / `la_hardsilu` run a fused autograd Function (saved for backward: the input
-and two float32 numbers per sample; the fast kernel is picked by `layeract_patch.backend`).
-`la_reference` is the same math written as plain tensor ops: it is what the kernels are
-tested against, and what runs while tracing, exporting to ONNX or compiling, where plain
-ops are what those tools understand.
+`la_silu` / `la_hardsilu` / `layer_act` run the fused op of `_kernels.op` (saved for backward: the
+input and two numbers per sample; the kernel is picked by `layeract_patch.backend`). `la_reference`
+is the same math written as plain tensor ops: the oracle the kernels are tested against, and what
+runs under jit.trace, ONNX export and torch.func transforms, where plain ops are what those tools
+understand.
+
+Adding a LayerAct variant (say LA-GELU) is one record in `catalogue.py` (with its module, a LayerAct
+subclass naming the kind) plus its entry in SCALES here: s(z) and ds/dz written in tensor ops. It then
+runs everywhere, on the eager backend; the C and Triton kernels switch on the record's kernel_code and
+take a kind only once they have a case for it.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["la_silu", "la_hardsilu", "layer_act", "la_reference", "KINDS", "DEFAULT_ALPHA"]
+__all__ = ["la_silu", "la_hardsilu", "layer_act", "la_reference", "layer_stats", "normalized", "SCALES", "KINDS",
+           "DEFAULT_ALPHA", "LOW_PRECISION"]
 
-KINDS = ("silu", "hardsilu")
 DEFAULT_ALPHA = 1e-5
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
+# Half-precision inputs get float32 statistics and arithmetic everywhere (reference, kernels, monitor).
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class Scale(NamedTuple):
+    """A scale function s(z) in [0, 1] and its derivative ds/dz, given z and s(z)."""
+    value: Callable[[Tensor], Tensor]
+    derivative: Callable[[Tensor, Tensor], Tensor]
+    element_only: bool = False  # True for relu: an element-level scale no LayerAct of this package uses
+
+
+def _hard_sigmoid(z: Tensor) -> Tensor:
+    # F.hardsigmoid's backward has no derivative of its own; the clamp form is twice differentiable
+    # (and what a trace records, so that its graph does not depend on grad mode)
+    if torch.jit.is_tracing() or (z.requires_grad and torch.is_grad_enabled()):
+        return torch.clamp(z / 6 + 0.5, 0, 1)
+    return F.hardsigmoid(z)
+
+
+def _hard_derivative(z: Tensor, s: Tensor) -> Tensor:
+    return ((z > -3) & (z < 3)).to(z.dtype) / 6
+
+
+SCALES: Dict[str, Scale] = {
+    "silu": Scale(torch.sigmoid, lambda z, s: s * (1 - s)),
+    "hardsilu": Scale(_hard_sigmoid, _hard_derivative),
+    "relu": Scale(lambda z: (z >= 0).to(z.dtype), lambda z, s: torch.zeros_like(z), element_only=True),
+}
+
+
+def layer_act_kinds() -> Tuple[str, ...]:
+    """The scale kinds a LayerAct can use: every SCALES entry but the element-only ones."""
+    return tuple(kind for kind, entry in SCALES.items() if not entry.element_only)
+
+
+KINDS = layer_act_kinds()  # as the package ships; a variant added to SCALES later is accepted too
+
+
+def scale(z: Tensor, kind: str) -> Tensor:
+    return SCALES[kind].value(z)
+
+
+def scale_derivative(z: Tensor, s: Tensor, kind: str) -> Tensor:
+    return SCALES[kind].derivative(z, s)
 
 
 def check_alpha(alpha: float) -> float:
@@ -36,13 +85,14 @@ def check_alpha(alpha: float) -> float:
     return float(alpha)
 
 
-def _check(x: Tensor, kind: str, alpha: float, weight: Optional[Tensor], bias: Optional[Tensor],
-           start_dim: int) -> int:
+def check_args(x: Tensor, kind: str, alpha: float, weight: Optional[Tensor], bias: Optional[Tensor],
+               start_dim: int) -> int:
     """Validate the arguments; return start_dim as a non-negative index."""
     if not isinstance(x, Tensor):
         raise TypeError(f"LayerAct expects a torch.Tensor, got {type(x).__name__}")
-    if kind not in KINDS:
-        raise ValueError(f"unknown LayerAct kind {kind!r}; choose one of {KINDS}")
+    entry = SCALES.get(kind)
+    if entry is None or entry.element_only:
+        raise ValueError(f"unknown LayerAct kind {kind!r}; choose one of {layer_act_kinds()}")
     if not x.is_floating_point():
         raise TypeError(f"LayerAct needs a floating-point tensor, got dtype {x.dtype}; convert it first, e.g. x.float()")
     if x.dim() < 2:
@@ -68,48 +118,40 @@ def channel_view(p: Tensor, ndim: int, start_dim: int) -> Tensor:
     return p.view((-1,) + (1,) * (ndim - start_dim - 1))
 
 
-def scale(z: Tensor, kind: str) -> Tensor:
-    return torch.sigmoid(z) if kind == "silu" else F.hardsigmoid(z)
+def layer_stats(y: Tensor, start_dim: int, alpha: float) -> Tuple[Tensor, Tensor]:
+    """Per-sample mean and 1/sqrt(var + alpha) over dims start_dim.. (kept as size-1 dims), in y's dtype.
+
+    Finite for any finite y: a float32 variance overflows once |y| passes ~1e19, so samples larger than 1
+    are divided by their largest magnitude m first. n = (y - mean) * rstd does not change under that
+    (with alpha / m^2 for alpha), so m is a constant to autograd and first and second derivatives stay exact.
+    """
+    dims = tuple(range(start_dim, y.dim()))
+    m = y.detach().abs().amax(dims, keepdim=True)
+    m = torch.where(m > 1, m, torch.ones_like(m))  # NaN and small samples are not scaled
+    var, mean = torch.var_mean(y / m, dims, correction=0, keepdim=True)
+    rstd = torch.rsqrt(var + alpha / (m * m)) / m
+    return mean * m, rstd
+
+
+def normalized(y: Tensor, start_dim: int, alpha: float, weight: Optional[Tensor] = None,
+               bias: Optional[Tensor] = None) -> Tensor:
+    """z = n (or weight * n + bias): what the scale function of a LayerAct sees; y already in compute dtype."""
+    mean, rstd = layer_stats(y, start_dim, alpha)
+    z = (y - mean) * rstd
+    if weight is not None:
+        z = z * channel_view(weight.to(z.dtype), y.dim(), start_dim) + channel_view(bias.to(z.dtype), y.dim(), start_dim)
+    return z
 
 
 def la_reference(x: Tensor, kind: str = "silu", alpha: float = DEFAULT_ALPHA, weight: Optional[Tensor] = None,
                  bias: Optional[Tensor] = None, start_dim: int = 1) -> Tensor:
     """The plain formula in tensor ops (autograd through every step); float32 statistics for half inputs."""
-    sd = _check(x, kind, alpha, weight, bias, start_dim)
-    dims = tuple(range(sd, x.dim()))
-    y = x.float() if x.dtype in _LOW_PRECISION else x
-    mean = y.mean(dims, keepdim=True)
-    var = (y - mean).pow(2).mean(dims, keepdim=True)
-    z = (y - mean) * torch.rsqrt(var + alpha)
-    if weight is not None:
-        z = z * channel_view(weight.to(z.dtype), x.dim(), sd) + channel_view(bias.to(z.dtype), x.dim(), sd)
-    return (y * scale(z, kind)).to(x.dtype)
+    sd = check_args(x, kind, alpha, weight, bias, start_dim)
+    y = x.float() if x.dtype in LOW_PRECISION else x
+    return (y * scale(normalized(y, sd, alpha, weight, bias), kind)).to(x.dtype)
 
 
-_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
-
-
-def _use_plain_ops() -> bool:
-    # ONNX export traces with torch.jit (dynamo=False) or torch.export (dynamo=True): both are caught here.
-    return torch.jit.is_scripting() or torch.jit.is_tracing() or _is_compiling()
-
-
-class _LayerActFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, kind, alpha, start_dim):
-        from . import _kernels
-        impl = _kernels.select(x)
-        out, mean, rstd = impl.forward(x, weight, bias, kind, alpha, start_dim)
-        ctx.save_for_backward(x, mean, rstd, weight, bias)
-        ctx.impl, ctx.kind, ctx.start_dim = impl, kind, start_dim
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        x, mean, rstd, weight, bias = ctx.saved_tensors
-        dx, dweight, dbias = ctx.impl.backward(grad, x, mean, rstd, weight, bias, ctx.kind, ctx.start_dim)
-        return dx, dweight, dbias, None, None, None
+_op = None
 
 
 def layer_act(x: Tensor, kind: str = "silu", alpha: float = DEFAULT_ALPHA, weight: Optional[Tensor] = None,
@@ -120,10 +162,10 @@ def layer_act(x: Tensor, kind: str = "silu", alpha: float = DEFAULT_ALPHA, weigh
     (1, the default and the paper's, is all non-batch dims; -1 is per token over the last dim
     of an (N, L, D) tensor). weight/bias, of shape (C,), act along dim start_dim.
     """
-    sd = _check(x, kind, alpha, weight, bias, start_dim)
-    if _use_plain_ops():
-        return la_reference(x, kind, alpha, weight, bias, sd)
-    return _LayerActFunction.apply(x, weight, bias, kind, float(alpha), sd)
+    global _op
+    if _op is None:  # imported on first use: the op depends on this module, not the other way round
+        from ._kernels import op as _op
+    return _op.layer_act(x, kind, alpha, weight, bias, check_args(x, kind, alpha, weight, bias, start_dim))
 
 
 def la_silu(x: Tensor, alpha: float = DEFAULT_ALPHA, weight: Optional[Tensor] = None,

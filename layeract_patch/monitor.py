@@ -25,36 +25,19 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
-from .functional import channel_view, scale
+from .catalogue import element_of
+from .functional import LOW_PRECISION, normalized, scale
 from .modules import LayerAct
 
 __all__ = ["ScaleMonitor", "pearson_per_layer", "activation_scale", "scale_kind"]
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def _element_kinds() -> Dict[type, str]:
-    kinds = {nn.ReLU: "relu", nn.SiLU: "silu", nn.Hardswish: "hardsilu"}
-    try:  # timm is a dependency of the package, but the monitor should not break without it
-        from timm.layers import activations, activations_me
-    except ImportError:
-        return kinds
-    kinds.update({activations.Swish: "silu", activations.HardSwish: "hardsilu",
-                  activations_me.SwishMe: "silu", activations_me.HardSwishMe: "hardsilu"})
-    return kinds
-
-
-_ELEMENT_KINDS = _element_kinds()
 
 
 def scale_kind(module: nn.Module) -> Optional[str]:
     """"relu", "silu", "hardsilu", "layer_act" for the activations the monitor understands, else None."""
     if isinstance(module, LayerAct):
         return "layer_act"
-    for cls, kind in _ELEMENT_KINDS.items():
-        if isinstance(module, cls):
-            return kind
-    return None
+    record = element_of(module)  # by class name, from the catalogue: timm is never imported here
+    return None if record is None else record.scale
 
 
 def activation_scale(module: nn.Module, y: Tensor) -> Tensor:
@@ -63,19 +46,11 @@ def activation_scale(module: nn.Module, y: Tensor) -> Tensor:
     if kind is None:
         raise TypeError(f"no activation scale is defined for {type(module).__name__}; the monitor handles nn.ReLU, "
                         f"nn.SiLU, nn.Hardswish, their timm versions and LayerAct modules")
-    y = y.float() if y.dtype in _LOW_PRECISION else y
-    if kind == "relu":
-        return (y >= 0).to(y.dtype)
+    y = y.float() if y.dtype in LOW_PRECISION else y
     if kind != "layer_act":
         return scale(y, kind)
-    # The normalization of functional.la_reference, with the module's own alpha, start_dim and affine.
-    sd = module.start_dim % y.dim()
-    dims = tuple(range(sd, y.dim()))
-    centered = y - y.mean(dims, keepdim=True)
-    z = centered * torch.rsqrt(centered.pow(2).mean(dims, keepdim=True) + module.alpha)
-    if module.weight is not None:
-        weight, bias = (channel_view(p.to(z.dtype), y.dim(), sd) for p in (module.weight, module.bias))
-        z = z * weight + bias
+    # the normalization of functional.la_reference, with the module's own alpha, start_dim and affine
+    z = normalized(y, module.start_dim % y.dim(), module.alpha, module.weight, module.bias)
     return scale(z, module.kind)
 
 

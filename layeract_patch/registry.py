@@ -1,43 +1,67 @@
-"""Activation names -> classes, for recipes, CLIs and `convert_activations(to=...)`."""
+"""Activation names -> classes, for recipes, CLIs and `convert_activations(to=...)`.
+
+The names and aliases come from the catalogue; each LayerAct also has an "_affine" name (a partial
+with affine=True). As in timm's `get_act_layer`, a class, a partial or any other callable is passed
+through unchanged, so code that takes `act_layer` may be given either a name or the thing itself.
+"""
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from torch import nn
 
-from .modules import LAHardSiLU, LASiLU, LayerAct
+from .catalogue import CATALOGUE, lookup
+from .modules import LayerAct
 
 __all__ = ["ACTIVATIONS", "LAYERACT_NAMES", "get_act_layer", "create_act_layer"]
 
-ACTIVATIONS: Dict[str, Callable[..., nn.Module]] = {
-    "relu": nn.ReLU,
-    "silu": nn.SiLU,
-    "hardsilu": nn.Hardswish,
-    "la_silu": LASiLU,
-    "la_hardsilu": LAHardSiLU,
-    "la_silu_affine": partial(LASiLU, affine=True),
-    "la_hardsilu_affine": partial(LAHardSiLU, affine=True),
-}
-_ALIASES = {"swish": "silu", "hardswish": "hardsilu", "hard_swish": "hardsilu", "lasilu": "la_silu",
-            "la-silu": "la_silu", "lahardsilu": "la_hardsilu", "la-hardsilu": "la_hardsilu"}
-LAYERACT_NAMES = tuple(name for name in ACTIVATIONS if name.startswith("la_"))
+_AFFINE = "_affine"
+ACTIVATIONS: Dict[str, Callable[..., nn.Module]] = {name: record.module_class() for name, record in CATALOGUE.items()}
+ACTIVATIONS.update({name + _AFFINE: partial(record.module_class(), affine=True)
+                    for name, record in CATALOGUE.items() if record.layer_act})
+LAYERACT_NAMES = tuple(name for name in ACTIVATIONS if CATALOGUE[name.replace(_AFFINE, "")].layer_act)
 
 
-def get_act_layer(name: str) -> Callable[..., nn.Module]:
-    """The class (or partial) registered under `name`; ValueError listing the names on a miss."""
-    key = name.strip().lower() if isinstance(name, str) else name
-    key = _ALIASES.get(key, key)
-    if key not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of: {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[key]
+def _canonical(name: str) -> str:
+    key = name.strip().lower()
+    affine = key.endswith(_AFFINE)
+    base = key[: -len(_AFFINE)] if affine else key
+    try:
+        record = lookup(base)
+    except ValueError:
+        raise ValueError(f"unknown activation {name!r}; choose one of: {', '.join(ACTIVATIONS)}") from None
+    canonical = record.name + (_AFFINE if affine else "")
+    if canonical not in ACTIVATIONS:
+        raise ValueError(f"activation {record.name!r} has no affine variant (only LayerAct does); choose one of: "
+                         f"{', '.join(ACTIVATIONS)}")
+    return canonical
 
 
-def create_act_layer(name: str, num_channels: Optional[int] = None, inplace: bool = False, **kwargs) -> nn.Module:
-    """Build the activation `name`; LayerAct classes get num_channels (and any kwargs), others only inplace."""
-    layer = get_act_layer(name)
+def get_act_layer(name: Any) -> Optional[Callable[..., nn.Module]]:
+    """The class (or partial) for `name`; a class, partial or other callable is returned as it is, None as None.
+
+    ValueError listing the names on an unknown name.
+    """
+    if name is None or callable(name):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"get_act_layer takes an activation name, class or callable, got {type(name).__name__} "
+                        f"{name!r}; names: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[_canonical(name)]
+
+
+def _is_layer_act(layer: Callable[..., nn.Module]) -> bool:
     cls = layer.func if isinstance(layer, partial) else layer
-    if isinstance(cls, type) and issubclass(cls, LayerAct):
+    return isinstance(cls, type) and issubclass(cls, LayerAct)
+
+
+def create_act_layer(name: Any, num_channels: Optional[int] = None, inplace: bool = False, **kwargs) -> nn.Module:
+    """Build the activation `name` (or class); LayerAct gets num_channels (and any kwargs), others only inplace."""
+    layer = get_act_layer(name)
+    if layer is None:
+        raise ValueError("create_act_layer needs an activation name or class, got None")
+    if _is_layer_act(layer):
         return layer(num_channels=num_channels, inplace=inplace, **kwargs)
     if kwargs:
         raise ValueError(f"activation {name!r} takes no options, got {sorted(kwargs)}")

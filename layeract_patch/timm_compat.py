@@ -21,24 +21,23 @@ from typing import Callable, Dict, Tuple
 
 import torch
 
-from .functional import la_hardsilu, la_silu
-from .modules import LAHardSiLU, LASiLU
+from .catalogue import CATALOGUE
+from .functional import layer_act
 
 __all__ = ["register_timm_activations", "unregister_timm_activations"]
 
 
-def _la_silu_fn(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """la_silu with the (x, inplace) signature of timm's activation functions; inplace is ignored."""
-    return la_silu(x)
+def _timm_function(kind: str, name: str) -> Callable:
+    def fn(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        return layer_act(x, kind)
+    fn.__name__ = name
+    fn.__doc__ = f"{name} with the (x, inplace) signature of timm's activation functions; inplace is ignored."
+    return fn
 
 
-def _la_hardsilu_fn(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """la_hardsilu with the (x, inplace) signature of timm's activation functions; inplace is ignored."""
-    return la_hardsilu(x)
-
-
-_LAYERS: Dict[str, Callable] = {"la_silu": LASiLU, "la_hardsilu": LAHardSiLU}
-_FUNCTIONS: Dict[str, Callable] = {"la_silu": _la_silu_fn, "la_hardsilu": _la_hardsilu_fn}
+# Built once: registering compares identities, so the same objects must come back each time.
+_LAYERS: Dict[str, Callable] = {name: r.module_class() for name, r in CATALOGUE.items() if r.layer_act}
+_FUNCTIONS: Dict[str, Callable] = {name: _timm_function(r.kind, name) for name, r in CATALOGUE.items() if r.layer_act}
 
 
 def _tables():

@@ -225,3 +225,35 @@ def test_forced_torch_backend_matches():
     torch.testing.assert_close(out.double(), plain_formula(x, "silu"), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="backend"):
         set_backend("cuda-magic")
+
+
+def test_a_new_variant_is_one_scale_entry_and_a_module_naming_it(monkeypatch):
+    # LA-GELU: its scale is the normal CDF. The fused kernels have no case for it, so it runs on the eager ops.
+    import math
+
+    from layeract_patch import functional
+    from layeract_patch.modules import LayerAct
+
+    def cdf(z):
+        return 0.5 * (1 + torch.erf(z / math.sqrt(2)))
+
+    def density(z, s):
+        return torch.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+
+    monkeypatch.setitem(functional.SCALES, "gelu", functional.Scale(cdf, density))
+
+    class LAGELU(LayerAct):
+        kind = "gelu"
+
+    module = LAGELU(affine=True, num_channels=4, dtype=torch.float64)
+    with torch.no_grad():
+        module.bias.normal_()
+    x = (torch.randn(3, 4, 5, dtype=torch.float64) * 2).requires_grad_()
+    n = (x - x.mean((1, 2), keepdim=True)) / torch.sqrt(x.var((1, 2), unbiased=False, keepdim=True) + 1e-5)
+    expected = x * cdf(n * module.weight.view(-1, 1) + module.bias.view(-1, 1))
+    torch.testing.assert_close(module(x), expected)
+    assert torch.autograd.gradcheck(lambda t, w, b: layer_act(t, "gelu", 1e-5, w, b), (x, module.weight, module.bias))
+    assert torch.autograd.gradgradcheck(lambda t: layer_act(t, "gelu"), (x,))
+    x32 = torch.randn(2, 4, 3, 3)
+    torch.testing.assert_close(layer_act(x32, "gelu"), la_reference(x32, "gelu"))
+    assert "gelu" in functional.layer_act_kinds() and "relu" not in functional.layer_act_kinds()

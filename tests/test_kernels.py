@@ -11,6 +11,7 @@ import layeract_patch
 from layeract_patch import LAHardSiLU, LASiLU, la_reference, layer_act, set_backend
 from layeract_patch import _kernels
 from layeract_patch._kernels import cpu_kernel, torch_ops
+from layeract_patch._kernels.layout import dense_layout
 
 KINDS = ("silu", "hardsilu")
 
@@ -94,7 +95,7 @@ def test_cpu_kernel_matches_formula(cpu_backend, layout, affine, kind):
     assert layeract_patch.backend("cpu") == "cpu"
     x = LAYOUTS[layout]()
     out, grads = compare(x, kind, affine)
-    _, fmt = torch_ops.dense_layout(x, 1)
+    _, fmt = dense_layout(x, 1)
     if fmt is not None:
         assert out.is_contiguous(memory_format=fmt) and grads[0].is_contiguous(memory_format=fmt)
 
@@ -336,3 +337,82 @@ def test_triton_backend_on_a_cpu_tensor_falls_back_with_a_warning(fresh_dispatch
     set_backend("triton")
     with pytest.warns(RuntimeWarning, match="'triton' backend is unavailable"):
         assert layeract_patch.backend("cpu") == "torch"
+
+
+def test_triton_in_interpreter_through_the_op(interpreted_triton, fresh_dispatch):
+    set_backend("triton")
+    assert layeract_patch.backend("cpu") == "triton"
+    for module in (LASiLU(affine=True, num_channels=3), LAHardSiLU()):
+        x = torch.randn(2, 3, 4, 4, requires_grad=True)
+        out = module(x)
+        ref = la_reference(x, module.kind, module.alpha, module.weight, module.bias)
+        torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(torch.autograd.grad(out.square().sum(), x)[0],
+                                   torch.autograd.grad(ref.square().sum(), x)[0], atol=1e-4, rtol=1e-4)
+        empty = torch.randn(0, 3, 4, 4, requires_grad=True)
+        out = module(empty)
+        out.sum().backward()
+        assert out.shape == empty.shape and empty.grad.shape == empty.shape
+    out, mean, rstd = torch.ops.layeract.layer_act(torch.randn(2, 5), None, None, "silu", 1e-5, 1)
+    assert mean.shape == (2,)
+
+
+# ---------------------------------------------------------------- what a demanding user breaks
+
+@pytest.mark.parametrize("name", ["torch", "cpu"])
+@pytest.mark.parametrize("cls", [LASiLU, LAHardSiLU])
+def test_empty_batch_works_in_every_backend(name, cls, fresh_dispatch):
+    set_backend(name)
+    for module in (cls(), cls(affine=True, num_channels=3)):
+        x = torch.randn(0, 3, 4, 4, requires_grad=True)
+        out = module(x)
+        assert out.shape == (0, 3, 4, 4)
+        out.sum().backward()
+        assert x.grad.shape == x.shape
+        if module.affine:
+            torch.testing.assert_close(module.weight.grad, torch.zeros(3))
+    assert layeract_patch.backend() == name or name == "cpu"  # without a compiler "cpu" falls back
+
+
+@pytest.mark.parametrize("name", ["torch", "cpu"])
+@pytest.mark.parametrize("magnitude", [1e19, 1e25, 1e30, 5e37])
+def test_huge_float32_inputs_give_finite_results(name, magnitude, fresh_dispatch):
+    # the variance of such samples overflows float32; before, the output was x/2 and the gradient NaN
+    set_backend(name)
+    gen = torch.Generator().manual_seed(0)
+    x = ((torch.rand(3, 4, 5, 5, generator=gen) * 2 - 1) * magnitude).requires_grad_()
+    weight, bias = affine_params(4)
+    out = layer_act(x, "silu", 1e-5, weight, bias)
+    dx, dweight = torch.autograd.grad(out.sum(), (x, weight))
+    assert out.isfinite().all() and dx.isfinite().all()
+    if magnitude * x.numel() < 3e38:  # beyond, the weight gradient (a sum of x-sized terms) exceeds float32 itself
+        assert dweight.isfinite().all()
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, weight, bias))
+    ref = la_reference(x64, "silu", 1e-5, w64, b64)
+    (dx64,) = torch.autograd.grad(ref.sum(), x64)
+    torch.testing.assert_close(out.double() / magnitude, ref / magnitude, atol=1e-6, rtol=0)
+    torch.testing.assert_close(dx.double(), dx64, atol=1e-5, rtol=1e-5)
+
+
+def test_a_bad_backend_variable_is_one_clear_error(fresh_dispatch, monkeypatch):
+    monkeypatch.setenv("LAYERACT_BACKEND", "garbage")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an error, not a warning per call
+        for _ in range(2):
+            with pytest.raises(ValueError) as err:
+                LASiLU()(torch.randn(2, 3))
+            message = str(err.value)
+            assert "LAYERACT_BACKEND='garbage'" in message
+            assert all(name in message for name in _kernels.BACKENDS)
+
+
+def test_a_corrupt_cached_kernel_is_rebuilt_once(compiled, fresh_dispatch, monkeypatch, tmp_path):
+    monkeypatch.setenv("LAYERACT_CACHE_DIR", str(tmp_path))
+    path = cpu_kernel.build()
+    path.write_bytes(path.read_bytes()[:100])  # a truncated copy, e.g. from a killed process
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning: the kernel is rebuilt and used
+        assert layeract_patch.backend() == "cpu"
+        x = torch.randn(2, 3, 4)
+        torch.testing.assert_close(layer_act(x, "silu"), la_reference(x, "silu"))
+    assert path.stat().st_size > 1000

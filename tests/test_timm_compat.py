@@ -80,3 +80,31 @@ def test_a_name_timm_already_uses_is_not_overridden(timm_tables):
     assert "la_silu" not in create_act._ACT_LAYER_DEFAULT  # all or nothing
     unregister_timm_activations()
     assert create_act._ACT_LAYER_DEFAULT["la_hardsilu"] is nn.Hardswish  # not ours: left in place
+
+
+def test_get_act_layer_passes_classes_and_partials_through_like_timms():
+    from functools import partial
+
+    from layeract_patch import create_act_layer
+    from layeract_patch import get_act_layer as our_get_act_layer
+
+    affine = partial(LASiLU, affine=True)
+
+    class MyAct(nn.Module):
+        def forward(self, x):
+            return x
+
+    for layer in (LASiLU, LAHardSiLU, affine, MyAct, nn.GELU):
+        assert our_get_act_layer(layer) is layer and get_act_layer(layer) is layer  # ours and timm's agree
+    assert our_get_act_layer(None) is None
+    assert our_get_act_layer("LA-SiLU") is LASiLU and our_get_act_layer("swish") is nn.SiLU
+    act = create_act_layer(affine, num_channels=5)
+    assert isinstance(act, LASiLU) and act.affine and act.num_channels == 5
+    assert isinstance(create_act_layer(nn.Hardswish, inplace=True), nn.Hardswish)
+    with pytest.raises(TypeError, match="name, class or callable"):
+        our_get_act_layer(3)
+    with pytest.raises(ValueError, match="no affine variant"):
+        our_get_act_layer("relu_affine")
+    # a timm model built from our factory's output
+    model = timm.create_model("resnet18", pretrained=False, act_layer=our_get_act_layer(LAHardSiLU))
+    assert any(isinstance(m, LAHardSiLU) for m in model.modules())

@@ -6,7 +6,7 @@ Backends, each checked against `functional.la_reference` in the tests:
   "triton" Triton kernels (CUDA tensors)
 "auto" (the default) takes the fast path of the tensor's device when it can be had and
 falls back to "torch" with one warning when it cannot. Force one with `set_backend(name)`
-or the environment variable LAYERACT_BACKEND.
+or the environment variable LAYERACT_BACKEND. Every backend runs behind the op of `op.py`.
 """
 from __future__ import annotations
 
@@ -19,16 +19,17 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 
 BACKENDS = ("auto", "torch", "cpu", "triton")
+ENV_VAR = "LAYERACT_BACKEND"
 _FAST_PATH = {"cpu": "cpu", "cuda": "triton"}
 _MODULE_OF = {"torch": "torch_ops", "cpu": "cpu_kernel", "triton": "triton_kernel"}
 _forced: Optional[str] = None
 _modules: Dict[str, Optional[ModuleType]] = {}  # "name:device" -> the backend, or None where it cannot run
-_chosen: Dict[Tuple[str, str], ModuleType] = {}  # (request, device type) -> the backend that runs
+_chosen: Dict[Tuple[Optional[str], Optional[str], str], ModuleType] = {}  # (forced, env, device) -> backend
 
 
 def _check_name(name: str) -> str:
     if name not in BACKENDS:
-        raise ValueError(f"unknown LayerAct backend {name!r}; choose one of {BACKENDS}")
+        raise ValueError(f"unknown LayerAct backend {name!r}; choose one of {', '.join(BACKENDS)}")
     return name
 
 
@@ -38,10 +39,14 @@ def set_backend(name: str = "auto") -> None:
     _forced = None if _check_name(name) == "auto" else name
 
 
-def _requested() -> str:
+def _requested(env: Optional[str]) -> str:
     if _forced is not None:
         return _forced
-    return _check_name(os.environ.get("LAYERACT_BACKEND", "auto").strip().lower() or "auto")
+    name = (env or "").strip().lower() or "auto"
+    if name not in BACKENDS:
+        raise ValueError(f"the environment variable {ENV_VAR}={env!r} names no LayerAct backend; set it to one of "
+                         f"{', '.join(BACKENDS)} (or unset it for 'auto')")
+    return name
 
 
 def _load(name: str, device: torch.device) -> Optional[ModuleType]:
@@ -63,12 +68,15 @@ def _load(name: str, device: torch.device) -> Optional[ModuleType]:
 
 
 def select(x: torch.Tensor) -> ModuleType:
-    requested = _requested()
-    key = (requested, x.device.type)
-    if key not in _chosen:  # resolved once: this runs on every LayerAct call
+    # runs on every LayerAct call: one dict lookup once the choice for this setting and device is made
+    env = os.environ.get(ENV_VAR)
+    key = (_forced, env, x.device.type)
+    backend_module = _chosen.get(key)
+    if backend_module is None:
+        requested = _requested(env)
         name = _FAST_PATH.get(x.device.type, "torch") if requested == "auto" else requested
-        _chosen[key] = _load(name, x.device) or _load("torch", x.device)
-    return _chosen[key]
+        backend_module = _chosen[key] = _load(name, x.device) or _load("torch", x.device)
+    return backend_module
 
 
 def backend(device: Union[str, torch.device] = "cpu") -> str:

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from . import torch_ops
+from .layout import dense_layout, sample_geometry
 
 NAME = "cpu"
 SOURCE = Path(__file__).with_name("layeract_cpu.c")
@@ -108,7 +109,12 @@ def build() -> Path:
 
 @functools.lru_cache(maxsize=None)
 def library() -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(build()))
+    path = build()
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError:  # a truncated or corrupt cached library (e.g. a killed copy): rebuild it once
+        path.unlink(missing_ok=True)
+        lib = ctypes.CDLL(str(build()))
     ptr, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
     lib.layeract_forward.argtypes = [ptr] * 6 + [i64] * 4 + [f32, i32, i32]
     lib.layeract_forward.restype = None
@@ -142,8 +148,8 @@ def forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], kind: s
             start_dim: int) -> Tuple[Tensor, Tensor, Tensor]:
     if not _runs_in_c(x, weight, bias):
         return torch_ops.forward(x, weight, bias, kind, alpha, start_dim)
-    xd, fmt = torch_ops.dense_layout(x, start_dim)
-    rows, length, channels, inner = torch_ops.sample_geometry(xd, start_dim, fmt)
+    xd, fmt = dense_layout(x, start_dim)
+    rows, length, channels, inner = sample_geometry(xd, start_dim, fmt)
     out = torch.empty_like(xd)
     mean = torch.empty(rows, dtype=torch.float32)
     rstd = torch.empty(rows, dtype=torch.float32)
@@ -158,9 +164,9 @@ def backward(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Option
              kind: str, start_dim: int) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
     if not _runs_in_c(x, weight, bias) or grad.dtype != torch.float32:
         return torch_ops.backward(grad, x, mean, rstd, weight, bias, kind, start_dim)
-    xd, fmt = torch_ops.dense_layout(x, start_dim)
+    xd, fmt = dense_layout(x, start_dim)
     g = grad.contiguous(memory_format=fmt or torch.contiguous_format)
-    rows, length, channels, inner = torch_ops.sample_geometry(xd, start_dim, fmt)
+    rows, length, channels, inner = sample_geometry(xd, start_dim, fmt)
     dx = torch.empty_like(xd)
     weight, bias = _param(weight), _param(bias)
     dweight = dbias = None

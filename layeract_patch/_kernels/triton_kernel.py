@@ -28,11 +28,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..catalogue import kernel_code
 from . import torch_ops
+from .layout import dense_layout, sample_geometry
 
 NAME = "triton"
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
-_KIND_CODE = {"silu": 0, "hardsilu": 1}
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 FUSED_MAX = 16384   # padded tile elements one program keeps in registers
 CHUNK_TILE = 4096   # padded tile elements per program when a sample is cut into chunks
@@ -284,8 +285,8 @@ def backward(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Option
 
 def _forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], kind: str, alpha: float,
              start_dim: int) -> Tuple[Tensor, Tensor, Tensor]:
-    xd, fmt = torch_ops.dense_layout(x, start_dim)
-    rows, length, channels, inner = torch_ops.sample_geometry(xd, start_dim, fmt)
+    xd, fmt = dense_layout(x, start_dim)
+    rows, length, channels, inner = sample_geometry(xd, start_dim, fmt)
     plan = _Plan(length, channels, inner, weight is not None)
     if not plan.fits:
         return torch_ops.forward(x, weight, bias, kind, alpha, start_dim)
@@ -294,7 +295,7 @@ def _forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], kind: 
     rstd = torch.empty_like(mean)
     w = xd if weight is None else weight.detach().contiguous()
     b = xd if bias is None else bias.detach().contiguous()
-    meta = dict(KIND=_KIND_CODE[kind], AFFINE=plan.mode, BLOCK_R=plan.block_r, BLOCK_K=plan.block_k,
+    meta = dict(KIND=kernel_code(kind), AFFINE=plan.mode, BLOCK_R=plan.block_r, BLOCK_K=plan.block_k,
                 num_warps=plan.num_warps)
     if plan.fused:
         _forward_fused[(rows,)](xd, out, w, b, mean, rstd, length, plan.R, plan.K, plan.rpc, alpha, **meta)
@@ -310,8 +311,8 @@ def _forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], kind: 
 
 def _backward(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Optional[Tensor],
               bias: Optional[Tensor], kind: str, start_dim: int) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-    xd, fmt = torch_ops.dense_layout(x, start_dim)
-    rows, length, channels, inner = torch_ops.sample_geometry(xd, start_dim, fmt)
+    xd, fmt = dense_layout(x, start_dim)
+    rows, length, channels, inner = sample_geometry(xd, start_dim, fmt)
     plan = _Plan(length, channels, inner, weight is not None)
     if not plan.fits:
         return torch_ops.backward(grad, x, mean, rstd, weight, bias, kind, start_dim)
@@ -322,7 +323,7 @@ def _backward(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Optio
     partial_shape = {0: (1,), 1: (rows, plan.R), 2: (rows * plan.chunks, plan.K)}[plan.mode]
     dwp = torch.empty(partial_shape, dtype=torch.float32, device=x.device)
     dbp = torch.empty_like(dwp)
-    meta = dict(KIND=_KIND_CODE[kind], AFFINE=plan.mode, BLOCK_R=plan.block_r, BLOCK_K=plan.block_k,
+    meta = dict(KIND=kernel_code(kind), AFFINE=plan.mode, BLOCK_R=plan.block_r, BLOCK_K=plan.block_k,
                 num_warps=plan.num_warps)
     if plan.fused:
         _backward_fused[(rows,)](g, xd, mean, rstd, w, b, dx, dwp, dbp, length, plan.R, plan.K, plan.rpc, **meta)
