@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from layeract_patch.studies.trained_models import load_trained
+from test_finetune import cli as finetune_cli, image_root, timm_weights, torchvision_weights  # noqa: F401 (fixtures)
 from test_recipes import CNN, RESNET, read_json, recipe
 from test_training import make_cifar_root, make_imagefolder
 
@@ -145,15 +146,23 @@ def test_official_files_replace_the_generated_corruptions(run_dir, folder, tmp_p
 
 
 def bad_cases(run_dir, folder, tmp_path):
+    import numpy as np
+
     big = make_imagefolder(tmp_path / "big", classes=3, per_class=(1, 2), size=48)
     other = make_imagefolder(tmp_path / "four", classes=4, per_class=(1, 1))
     (tmp_path / "a_file").write_text("")
+    small = tmp_path / "small_c"
+    small.mkdir()
+    np.save(small / "fog.npy", np.zeros((5, 16, 16, 3), np.uint8))
+    np.save(small / "labels.npy", np.zeros(5, np.int64))
     done = tmp_path / "done"
     done.mkdir()
     (done / "results.json").write_text("{}")
     base = ["--checkpoint", run_dir / "seed_0", "--data-dir", folder]
     return {
         "missing checkpoint": (["--checkpoint", tmp_path / "nope", "--data-dir", folder], "does not exist"),
+        "training checkpoint": (["--checkpoint", run_dir / "seed_0" / "checkpoint.pt", "--data-dir", folder],
+                                "is a training checkpoint"),
         "several seeds": (["--checkpoint", run_dir, "--data-dir", folder], "holds 2 seeds"),
         "unknown corruption": (base + ["--corruptions", "haze"], "unknown corruption 'haze'"),
         "severity 6": (base + ["--severities", "1", "6"], "--severities must be among 1 2 3 4 5"),
@@ -164,6 +173,8 @@ def bad_cases(run_dir, folder, tmp_path):
         "baseline lacks a corruption": (base + ["--corruptions", "fog", "--baseline", run_dir / "seed_0" /
                                                 "corruptions.json"], "baseline lacks results for fog/1"),
         "missing official file": (base + ["--corruptions-dir", tmp_path], "gaussian_noise.npy"),
+        "official files of another size": (base + ["--corruptions-dir", small, "--corruptions", "fog"],
+                                           "holds 16x16 images"),
         "negative seed": (base + ["--seed", "-1"], "--seed must be >= 0"),
     }
 
@@ -203,3 +214,42 @@ def test_eval_corruptions_refuses_grayscale_data_before_training(tmp_path, capsy
     code, _, stderr = recipe(RESNET, "--depth", "8", "--data-dir", gray, "--out", out, *TINY, "--eval-corruptions",
                              capsys=capsys)
     assert code == 2 and "needs RGB images" in stderr and not out.exists()
+
+
+@pytest.mark.parametrize("library", ["timm", "torchvision"])
+def test_fine_tuning_runs_are_rebuilt_offline_and_score_as_they_did(library, image_root, timm_weights,
+                                                                    torchvision_weights, tmp_path, capsys):
+    # timm: unconverted head, plain LA-SiLU; torchvision: a new 3-class head and affine LA-HardSiLU
+    run = tmp_path / "ft"
+    if library == "timm":
+        args = ("--model", "timm/test_efficientnet", "--weights", timm_weights[0])
+    else:
+        args = ("--model", "torchvision/mobilenet_v3_small", "--weights", torchvision_weights[0], "--act",
+                "la_hardsilu_affine")
+    assert finetune_cli(*args, "--data-dir", image_root, "--max-iter", "2", "--baseline", out=run) == 0
+    trained = read_json(run / "results.json")
+    for checkpoint, key in ((run, "finetuned"), (run / "checkpoint_baseline.pt", "baseline")):
+        out = tmp_path / f"eval_{key}"
+        assert evaluate("--checkpoint", checkpoint, "--data-dir", image_root, "--corruptions", "pixelate",
+                        "--severities", "3", "--out", out, capsys=capsys)[0] == 0
+        results = read_json(out / "results.json")
+        # the clean images went through the model's own eval resize and crop: the run's own figures
+        assert results["clean"]["top1"] == pytest.approx(trained[key]["top1"])
+        assert results["clean"]["loss"] == pytest.approx(trained[key]["loss"], rel=1e-4)
+        assert results["model"]["kind"] == "finetune" and results["model"]["checkpoint"].endswith(f"_{key}.pt")
+        assert 0 <= results["corruptions"]["pixelate"]["3"]["top1"] <= 100
+
+
+def test_a_finished_run_resumed_with_eval_corruptions_only_evaluates(folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert recipe(RESNET, "--depth", "8", "--data-dir", folder, "--out", out, *TINY, capsys=capsys)[0] == 0
+    weights = (out / "seed_0" / "model.pt").read_bytes()
+    trained = read_json(out / "seed_0" / "results.json")
+    assert "corruptions" not in read_json(out / "results.json")
+    code, stdout, _ = recipe(RESNET, "--depth", "8", "--data-dir", folder, "--out", out, *TINY, "--resume",
+                             "--eval-corruptions", "--corruptions", "fog", "--corruption-severities", "1",
+                             capsys=capsys)
+    assert code == 0 and "corrupted test top1" in stdout
+    assert (out / "seed_0" / "model.pt").read_bytes() == weights  # not trained again
+    assert read_json(out / "seed_0" / "corruptions.json")["clean"]["top1"] == pytest.approx(trained["test"]["top1"])
+    assert read_json(out / "results.json")["corruptions"]["corruptions"] == ["fog"]

@@ -115,6 +115,9 @@ def _load_cifar(weights: Path) -> TrainedModel:
     results = _read_json(seed_results)
     arch, classes, normalization = results.get("architecture"), results.get("classes"), results.get("normalization")
     state = load_checkpoint(weights)
+    if "optimizer" in state:
+        raise ValueError(f"{str(weights)!r} is a training checkpoint (the state of the last iteration); give the "
+                         f"tested best-validation weights, {str(weights.parent / 'model.pt')!r}, or its folder")
     if arch is None:  # a run written before results.json recorded these: its checkpoint and run summary have them
         settings = load_checkpoint(weights.parent / "checkpoint.pt")["settings"]
         classes = settings["data"]["classes"]

@@ -34,7 +34,7 @@ from .results import format_summary, plot_losses, summarize, write_csv, write_js
 from .spine import CHECKPOINT_FORMAT, LoopConfig, Run, fit
 
 __all__ = ["CifarConfig", "resolve", "Plan", "prepare", "train", "train_seed", "seed_dir", "RUN_ONLY", "EXTENDABLE",
-           "INITS", "build_model", "load_trained", "TrainedModel"]
+           "INITS", "architecture", "build_model", "evaluate_seeds_on_corruptions"]
 
 # Settings that do not change what is computed: not stored, free to differ on --resume. The corruption
 # evaluation happens after training, so a finished run may be resumed just to add it.
@@ -131,7 +131,7 @@ def resolve(cfg: CifarConfig) -> CifarConfig:
         from ..corruptions import CORRUPTIONS, SEVERITIES
 
         unknown = [name for name in cfg.corruptions or () if name not in CORRUPTIONS]
-        if unknown or cfg.corruptions == ():
+        if unknown:
             raise ValueError(f"--corruptions: unknown corruption {', '.join(unknown)}; valid names: "
                              f"{', '.join(CORRUPTIONS)}")
         if not cfg.corruption_severities or not set(cfg.corruption_severities) <= set(SEVERITIES):
@@ -395,7 +395,8 @@ def train_seed(plan: Plan, seed: int) -> Dict:
 def evaluate_seeds_on_corruptions(plan: Plan) -> dict:
     """--eval-corruptions: each seed's tested weights (seed_<n>/model.pt) on the corrupted test set, written to
     seed_<n>/corruptions.json; returns the summary for the run's results.json (group means per seed and
-    averaged over the seeds). Every seed sees the same corrupted images (corruption seed 0)."""
+    averaged over the seeds). Every seed sees the same corrupted images (corruption seed 0); the evaluation
+    runs in float32 whatever --amp says, so that recipes/eval_corruptions.py reproduces it."""
     from ..corruptions import CORRUPTIONS
     from ..studies.robustness import evaluate_corruptions
 
