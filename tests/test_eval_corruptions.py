@@ -47,7 +47,8 @@ def test_eval_corruptions_flag_evaluates_each_seeds_tested_weights(run_dir):
         assert set(found["corruptions"]) == {"gaussian_noise", "contrast"}
         assert set(found["corruptions"]["contrast"]) == {"1", "2"}
         # the clean images scored with the best-validation weights: exactly the seed's test accuracy
-        assert found["clean"]["top1"] == pytest.approx(read_json(run_dir / f"seed_{seed}" / "results.json")["test"]["top1"])
+        tested = read_json(run_dir / f"seed_{seed}" / "results.json")["test"]
+        assert found["clean"]["top1"] == pytest.approx(tested["top1"])
         assert summary["seeds"][str(seed)]["corruption_mean"] == found["corruption_mean"]
     for name in ("gaussian_noise", "contrast"):
         per_seed = [read_json(run_dir / f"seed_{s}" / "corruptions.json")["corruption_mean"][name] for s in (0, 1)]

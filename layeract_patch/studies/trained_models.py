@@ -86,12 +86,12 @@ def load_trained(path) -> TrainedModel:
         weights = path / "model.pt"
     else:
         seeds = sorted(path.glob("seed_*/model.pt"))
-        if len(seeds) != 1:
-            raise (ValueError if seeds else FileNotFoundError)(
-                f"--checkpoint {str(path)!r} " + (f"holds {len(seeds)} seeds ({', '.join(p.parent.name for p in seeds)}); "
-                                                  f"give one of its seed_<n>/ folders" if seeds else
-                                                  "holds no trained model (seed_<n>/model.pt or "
-                                                  "checkpoint_finetuned.pt); give a finished run's folder"))
+        if not seeds:
+            raise FileNotFoundError(f"--checkpoint {str(path)!r} holds no trained model (seed_<n>/model.pt or "
+                                    f"checkpoint_finetuned.pt); give a finished run's folder")
+        if len(seeds) > 1:
+            raise ValueError(f"--checkpoint {str(path)!r} holds {len(seeds)} seeds "
+                             f"({', '.join(seed.parent.name for seed in seeds)}); give one of its seed_<n>/ folders")
         weights = seeds[0]
     return _load_cifar(weights)
 
@@ -137,9 +137,12 @@ def _load_cifar(weights: Path) -> TrainedModel:
                    "norm": arch["norm"], "init": arch.get("init"), "seed": results.get("seed"),
                    "trained_on": source}
     image_size = tuple(arch["image_size"]) if arch.get("image_size") else None
+
+    def test_split(data_dir: str):
+        return load_images(data_dir, dataset, train=False, download=False)
+
     return TrainedModel(model.eval(), tuple(normalization["mean"]), tuple(normalization["std"]), len(classes),
-                        list(classes), description, lambda data_dir: load_images(data_dir, dataset, train=False, download=False),
-                        image_size)
+                        list(classes), description, test_split, image_size)
 
 
 def _load_finetuned(run_dir: Path, checkpoint: Path) -> TrainedModel:
