@@ -228,7 +228,8 @@ def build_model(arch: dict) -> nn.Module:
     """The (untrained) network of an `architecture` record."""
     from .. import models  # looked up at call time, so a test can record what reaches the builder
 
-    builder = getattr(models, arch["model"])
+    # "paper_cnn" is the CNN's old name (runs recorded before the rename still load); layeract_cnn is its builder
+    builder = getattr(models, "layeract_cnn" if arch["model"] == "paper_cnn" else arch["model"])
     options = dict(num_classes=arch["num_classes"], act=arch["act"], norm=arch["norm"], in_chans=arch["in_chans"])
     if arch["model"] == "cifar_resnet":
         options["depth"] = arch["depth"]
