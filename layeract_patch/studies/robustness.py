@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..corruptions import CORRUPTIONS, GROUPS, SEVERITIES, check_images, check_name_and_severity, corrupt
 from ..corruptions.files import cifar_c_paths, load_cifar_c
 
-__all__ = ["evaluate_corruptions", "format_table", "corruption_errors"]
+__all__ = ["evaluate_corruptions", "format_table", "corruption_errors", "check_baseline"]
 
 # Corruptions are generated this many images at a time, chunk k seeded with seed * 2**20 + k, so the
 # images do not depend on batch_size (only on seed, the image order and the device).
@@ -60,10 +60,10 @@ def _check_inputs(images, labels, mean, std, corruptions, severities, batch_size
         for name in corruptions:
             cifar_c_paths(corruptions_dir, name)
     if baseline is not None:
-        _check_baseline(baseline, corruptions, severities)
+        check_baseline(baseline, corruptions, severities)
 
 
-def _check_baseline(baseline, corruptions, severities):
+def check_baseline(baseline, corruptions, severities):
     table = baseline.get("corruptions", {}) if isinstance(baseline, dict) else {}
     missing = [f"{n}/{s}" for n in corruptions for s in severities if str(s) not in table.get(n, {})]
     if missing:
@@ -173,7 +173,9 @@ def format_table(results: dict) -> str:
         cells = " | ".join(f"{per[s]['top1']:.2f}" for s in severities)
         ce = f" {results['mce'][name]:.1f} |" if has_ce else ""
         lines.append(f"| {name} | {cells} | {results['corruption_mean'][name]:.2f} |{ce}")
-    groups = results["groups"]
+    # With no complete group (a subset of the corruptions) the summary shows their plain mean instead.
+    means = results["corruption_mean"]
+    groups = results["groups"] or {f"mean of {len(means)}": sum(means.values()) / len(means)}
     lines += ["", "| clean | " + " | ".join(groups) + " |" + (" mCE |" if has_ce else ""),
               "|---:|" + "---:|" * len(groups) + ("---:|" if has_ce else ""),
               f"| {results['clean']['top1']:.2f} | " + " | ".join(f"{v:.2f}" for v in groups.values()) + " |"

@@ -34,10 +34,12 @@ from .results import format_summary, plot_losses, summarize, write_csv, write_js
 from .spine import CHECKPOINT_FORMAT, LoopConfig, Run, fit
 
 __all__ = ["CifarConfig", "resolve", "Plan", "prepare", "train", "train_seed", "seed_dir", "RUN_ONLY", "EXTENDABLE",
-           "INITS"]
+           "INITS", "architecture", "build_model", "evaluate_seeds_on_corruptions"]
 
-# Settings that do not change what is computed: not stored, free to differ on --resume.
-RUN_ONLY = ("out", "resume", "device", "seeds", "download", "eval_batch_size", "compile")
+# Settings that do not change what is computed: not stored, free to differ on --resume. The corruption
+# evaluation happens after training, so a finished run may be resumed just to add it.
+RUN_ONLY = ("out", "resume", "device", "seeds", "download", "eval_batch_size", "compile", "eval_corruptions",
+            "corruptions", "corruption_severities")
 # Settings a resumed run may raise: applied, and recorded in the results ("extensions").
 EXTENDABLE = ("max_iter",)
 INITS = ("he", "torch")
@@ -73,6 +75,9 @@ class CifarConfig:
     amp: bool = False
     channels_last: bool = False
     compile: bool = False
+    eval_corruptions: bool = False  # after training: CIFAR-C accuracy of each seed's tested weights
+    corruptions: Optional[Tuple[str, ...]] = None  # None: all 19
+    corruption_severities: Tuple[int, ...] = (1, 2, 3, 4, 5)
 
     @property
     def model_name(self) -> str:
@@ -87,7 +92,7 @@ class CifarConfig:
         """The config of parsed recipe flags (the namespace is left as it is)."""
         values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
         values["download"] = not getattr(args, "no_download", False)
-        for key in ("milestones", "seeds"):
+        for key in ("milestones", "seeds", "corruptions", "corruption_severities"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
         if values.get("out") is not None:
@@ -122,6 +127,19 @@ def resolve(cfg: CifarConfig) -> CifarConfig:
         raise ValueError(f"--milestones must be increasing positive iterations, got {list(milestones)}")
     if not 0.0 <= cfg.val_fraction < 1.0:
         raise ValueError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
+    if cfg.eval_corruptions:
+        from ..corruptions import CORRUPTIONS, SEVERITIES
+
+        unknown = [name for name in cfg.corruptions or () if name not in CORRUPTIONS]
+        if unknown:
+            raise ValueError(f"--corruptions: unknown corruption {', '.join(unknown)}; valid names: "
+                             f"{', '.join(CORRUPTIONS)}")
+        if not cfg.corruption_severities or not set(cfg.corruption_severities) <= set(SEVERITIES):
+            raise ValueError(f"--corruption-severities must be among {' '.join(map(str, SEVERITIES))}, got "
+                             f"{' '.join(map(str, cfg.corruption_severities))}")
+    elif cfg.corruptions is not None or tuple(cfg.corruption_severities) != (1, 2, 3, 4, 5):
+        raise ValueError("--corruptions and --corruption-severities choose what --eval-corruptions evaluates; "
+                         "add --eval-corruptions")
     out = cfg.out if cfg.out is not None else str(Path("runs") / f"{cfg.model_name}_{cfg.act}_{norm}")
     check_output_path(Path(out))
     # An absolute --data-dir: the same folder named from another working directory is the same setting.
@@ -168,8 +186,6 @@ def prepare(cfg: CifarConfig, explicit_milestones: bool = True) -> Plan:
     `cfg` is resolved (see `resolve`). With `explicit_milestones` False (the user gave none) a resumed run
     that raises --max-iter keeps the schedule it started with instead of moving the milestones.
     """
-    from ..models import cifar_resnet, layeract_cnn
-
     device = resolve_device(cfg.device)
     dist = init_distributed(device.type)
     if dist.enabled and device.type == "cuda":
@@ -193,11 +209,33 @@ def prepare(cfg: CifarConfig, explicit_milestones: bool = True) -> Plan:
                       test_labels.to(device), classes, mean, std, source)
     for path, settings in saved:  # a changed data set under the same --data-dir is a different run too
         check_resume(settings, {"data": data.fingerprint()}, path, keys=["data"])
-    builder = cifar_resnet if cfg.model == "cifar_resnet" else layeract_cnn
-    options = dict(num_classes=len(classes), act=cfg.act, norm=cfg.norm, init=cfg.init, in_chans=train_images.shape[1])
-    if cfg.model == "cifar_resnet":
-        options["depth"] = cfg.depth
-    return Plan(cfg, partial(builder, **options), data, device, dist, extensions)
+    if cfg.eval_corruptions and (test_images.shape[1] != 3 or min(test_images.shape[-2:]) < 16):
+        # refuse now rather than after hours of training
+        raise ValueError(f"--eval-corruptions needs RGB images of at least 16x16 (the CIFAR-C corruptions are "
+                         f"defined on them); the test images are {test_images.shape[1]}-channel "
+                         f"{'x'.join(map(str, test_images.shape[-2:]))}: drop --eval-corruptions")
+    return Plan(cfg, partial(build_model, architecture(cfg, data)), data, device, dist, extensions)
+
+
+def architecture(cfg: CifarConfig, data: DeviceData) -> dict:
+    """What `build_model` needs to rebuild the network; results.json records it for later evaluations."""
+    return {"model": cfg.model, "depth": cfg.depth if cfg.model == "cifar_resnet" else None, "act": cfg.act,
+            "norm": cfg.norm, "init": cfg.init, "num_classes": len(data.classes),
+            "in_chans": int(data.train_images.shape[1]), "image_size": list(data.train_images.shape[-2:])}
+
+
+def build_model(arch: dict) -> nn.Module:
+    """The (untrained) network of an `architecture` record."""
+    from .. import models  # looked up at call time, so a test can record what reaches the builder
+
+    # "paper_cnn" is the CNN's old name (runs recorded before the rename still load); layeract_cnn is its builder
+    builder = getattr(models, "layeract_cnn" if arch["model"] == "paper_cnn" else arch["model"])
+    # runs recorded before --init existed were all He-initialised
+    options = dict(num_classes=arch["num_classes"], act=arch["act"], norm=arch["norm"], in_chans=arch["in_chans"],
+                   init=arch.get("init", "he"))
+    if arch["model"] == "cifar_resnet":
+        options["depth"] = arch["depth"]
+    return builder(**options)
 
 
 def _check_resumable(cfg: CifarConfig, explicit_milestones: bool):
@@ -233,6 +271,7 @@ def train(plan: Plan) -> Dict:
     results = {
         "model": cfg.model_name, "act": cfg.act, "norm": cfg.norm, "init": cfg.init, "dataset": data.source,
         "normalization": {"mean": list(data.mean), "std": list(data.std)},
+        "architecture": architecture(cfg, data), "classes": list(data.classes),
         "iterations": cfg.max_iter, "lr": cfg.lr, "milestones": list(cfg.milestones), "seeds": list(cfg.seeds),
         "extensions": plan.extensions,
         "test": {metric: stats["mean"] for metric, stats in summary["test"].items()},
@@ -244,6 +283,9 @@ def train(plan: Plan) -> Dict:
     if dist.is_main:
         out = Path(cfg.out)
         write_json(results, out / "results.json")
+        if cfg.eval_corruptions:
+            results["corruptions"] = evaluate_seeds_on_corruptions(plan)
+            write_json(results, out / "results.json")
         write_csv(({"seed": run["seed"], **row} for run in runs for row in run["history"]),
                   out / "history.csv", ("seed", "iteration"))
         plot = plot_losses(runs, out / "loss_curves.png",
@@ -251,6 +293,12 @@ def train(plan: Plan) -> Dict:
         print(f"{cfg.model_name} act={cfg.act} norm={cfg.norm} init={cfg.init} on {data.source}, "
               f"{cfg.max_iter} iterations")
         print(format_summary(summary["test"]))
+        if "corruptions" in results:
+            found = results["corruptions"]
+            means = found["groups"] or {f"mean of {len(found['corruptions'])} corruptions": found["mean"]}
+            print(f"corrupted test top1, mean of {len(cfg.seeds)} seed{'s' if len(cfg.seeds) > 1 else ''}: "
+                  + ", ".join(f"{group} {value:.2f}" for group, value in means.items())
+                  + f" (clean {found['clean']:.2f}; per corruption in seed_<n>/corruptions.json)")
         print(f"results in {out / 'results.json'}" + (f", loss curves in {plot}" if plot else ""))
     return results
 
@@ -334,6 +382,8 @@ def train_seed(plan: Plan, seed: int) -> Dict:
         "train_seconds": run.train_seconds, "seconds_per_iter": run.train_seconds / max(run.step, 1),
         "world_size": dist.world_size, "device": str(device),
         "history": run.records["history"], "train_log": run.train_log,
+        "architecture": architecture(cfg, data), "classes": list(data.classes),
+        "normalization": {"mean": list(data.mean), "std": list(data.std)},
     }
     if dist.is_main:
         save_checkpoint(model.state_dict(), out / "model.pt")  # the tested (best-validation) weights
@@ -341,6 +391,38 @@ def train_seed(plan: Plan, seed: int) -> Dict:
         write_csv(run.train_log, out / "train_log.csv", ("iteration", "train_loss", "lr"))
         write_json(results, results_path)
     return results
+
+
+def evaluate_seeds_on_corruptions(plan: Plan) -> dict:
+    """--eval-corruptions: each seed's tested weights (seed_<n>/model.pt) on the corrupted test set, written to
+    seed_<n>/corruptions.json; returns the summary for the run's results.json (group means per seed and
+    averaged over the seeds). Every seed sees the same corrupted images (corruption seed 0); the evaluation
+    runs in float32 whatever --amp says, so that recipes/eval_corruptions.py reproduces it."""
+    from ..corruptions import CORRUPTIONS
+    from ..studies.robustness import evaluate_corruptions
+
+    cfg, data = plan.cfg, plan.data
+    summary: dict = {"corruptions": list(cfg.corruptions or CORRUPTIONS),
+                     "severities": sorted(set(cfg.corruption_severities)), "seeds": {}}
+    for seed in cfg.seeds:
+        weights = seed_dir(cfg.out, seed) / "model.pt"
+        model = plan.model_fn().to(plan.device)
+        model.load_state_dict(load_checkpoint(weights, map_location=plan.device))
+        found = evaluate_corruptions(model, data.test_images, data.test_labels, data.mean, data.std,
+                                     corruptions=summary["corruptions"], severities=summary["severities"],
+                                     batch_size=cfg.eval_batch_size, device=plan.device, seed=0)
+        write_json({"checkpoint": str(weights), **found}, seed_dir(cfg.out, seed) / "corruptions.json")
+        summary["seeds"][str(seed)] = {"clean": found["clean"]["top1"], "groups": found["groups"],
+                                       "corruption_mean": found["corruption_mean"]}
+        mean = sum(found["corruption_mean"].values()) / len(found["corruption_mean"])
+        print(f"seed {seed} corrupted test top1: {mean:.2f} over {len(found['corruption_mean'])} corruptions "
+              f"(clean {found['clean']['top1']:.2f})", file=sys.stderr)
+    runs = list(summary["seeds"].values())
+    for key in ("groups", "corruption_mean"):
+        summary[key] = {name: sum(run[key][name] for run in runs) / len(runs) for name in runs[0][key]}
+    summary["clean"] = sum(run["clean"] for run in runs) / len(runs)
+    summary["mean"] = sum(summary["corruption_mean"].values()) / len(summary["corruption_mean"])
+    return summary
 
 
 def _mean_since(train_log: List[dict], history: List[dict]) -> Optional[float]:

@@ -75,6 +75,13 @@ def get_args_parser(model: str = "cifar_resnet", add_help: bool = True,
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--eval-corruptions", action="store_true",
+                        help="after training, evaluate each seed's tested weights on the CIFAR-C corruptions "
+                             "generated from the test set: seed_<n>/corruptions.json, group means in results.json")
+    parser.add_argument("--corruptions", nargs="+", default=None,
+                        help="with --eval-corruptions: which corruptions (default all 19)")
+    parser.add_argument("--corruption-severities", type=int, nargs="+", default=[1, 2, 3, 4, 5],
+                        help="with --eval-corruptions: which severities")
     return parser
 
 

@@ -1,0 +1,138 @@
+"""The command line of recipes/eval_corruptions.py: get_args_parser(), main(args), run(argv).
+
+A trained model (trained_models.load_trained) on the test split of --data-dir under the CIFAR-C
+corruptions (robustness.evaluate_corruptions): `<out>/results.json` and a printed table. Every input
+is checked before the evaluation starts; a failed run leaves --out as it found it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..corruptions import CORRUPTIONS, SEVERITIES, check_name_and_severity
+
+__all__ = ["get_args_parser", "main", "run"]
+
+
+def get_args_parser(add_help: bool = True, prog: Optional[str] = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Accuracy of a trained model under the CIFAR-C corruptions (Hendrycks & Dietterich), per "
+                    "corruption and severity, grouped as the LayerAct paper groups them.")
+    parser.add_argument("--checkpoint", required=True, type=Path,
+                        help="a CIFAR run folder (one seed), its seed_<n>/ folder or the model.pt in it; or a "
+                             "fine-tuning run folder (or its checkpoint_finetuned.pt / checkpoint_baseline.pt)")
+    parser.add_argument("--data-dir", required=True, type=Path,
+                        help="the data the model was trained on: its test split is corrupted (ImageFolder root "
+                             "with test/ or val/, or a torchvision CIFAR root)")
+    parser.add_argument("--corruptions-dir", type=Path, default=None,
+                        help="the official CIFAR-10-C / CIFAR-100-C folder (<corruption>.npy, labels.npy) to use "
+                             "instead of generating the corruptions")
+    parser.add_argument("--corruptions", nargs="+", default=list(CORRUPTIONS), metavar="NAME",
+                        help="which corruptions (default: all 19)")
+    parser.add_argument("--severities", nargs="+", type=int, default=list(SEVERITIES))
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="results.json of this recipe (or a run's seed_<n>/corruptions.json) for another model "
+                             "over the same corruptions and severities: adds CE per corruption and mCE")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated corruptions")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:<index>")
+    parser.add_argument("--out", required=True, type=Path, help="folder for results.json")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing <out>/results.json")
+    return parser
+
+
+def _check_args(args: argparse.Namespace):
+    """ValueError / FileNotFoundError naming the flag, before anything is loaded; returns (baseline, device)."""
+    from ..training.distributed import resolve_device
+    from ..training.outdir import check_output_path
+    from .robustness import check_baseline
+
+    if not args.corruptions or not args.severities:
+        raise ValueError("--corruptions and --severities need at least one value each")
+    for name in args.corruptions:
+        check_name_and_severity(name, 1)
+    for severity in args.severities:
+        if severity not in SEVERITIES:
+            raise ValueError(f"--severities must be among {' '.join(map(str, SEVERITIES))}, got {severity}")
+    for key in ("seed", "batch_size"):
+        if getattr(args, key) < (0 if key == "seed" else 1):
+            raise ValueError(f"--{key.replace('_', '-')} must be {'>= 0' if key == 'seed' else 'positive'}, got "
+                             f"{getattr(args, key)}")
+    out = check_output_path(args.out)
+    if (out / "results.json").exists() and not args.overwrite:
+        raise ValueError(f"{str(out / 'results.json')!r} exists; pass --overwrite to replace it, or choose another "
+                         f"--out")
+    if args.corruptions_dir is not None:
+        from ..corruptions.files import cifar_c_paths
+
+        for name in args.corruptions:
+            cifar_c_paths(args.corruptions_dir, name)
+    baseline = None
+    if args.baseline is not None:
+        if not args.baseline.is_file():
+            raise FileNotFoundError(f"--baseline {str(args.baseline)!r} does not exist; give the results.json of an "
+                                    f"earlier evaluation")
+        try:
+            baseline = json.loads(args.baseline.read_text())
+        except ValueError as err:
+            raise ValueError(f"--baseline {str(args.baseline)!r} is not JSON ({err})") from None
+        try:
+            check_baseline(baseline, args.corruptions, sorted(set(args.severities)))
+        except ValueError as err:
+            raise ValueError(f"--baseline {str(args.baseline)!r}: {err}") from None
+    return baseline, resolve_device(args.device)
+
+
+def _check_official_size(corruptions_dir: Path, name: str, images) -> None:
+    """The official files hold 32x32 images: refuse a model tested at another size before evaluating."""
+    import numpy as np
+
+    from ..corruptions.files import cifar_c_paths
+
+    shape = np.load(cifar_c_paths(corruptions_dir, name)[0], mmap_mode="r").shape
+    if len(shape) == 4 and tuple(shape[1:3]) != tuple(images.shape[-2:]):
+        raise ValueError(f"--corruptions-dir holds {shape[1]}x{shape[2]} images; the model is tested on "
+                         f"{images.shape[-2]}x{images.shape[-1]}: leave --corruptions-dir out to generate the "
+                         f"corruptions at the model's size")
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Check, load, evaluate, write `<out>/results.json`; returns it (bad input raises ValueError /
+    FileNotFoundError before the evaluation)."""
+    from ..training.outdir import claim_output
+    from ..training.results import write_json
+    from .robustness import evaluate_corruptions, format_table
+    from .trained_models import load_trained
+
+    baseline, device = _check_args(args)
+    trained = load_trained(args.checkpoint)
+    images, labels = trained.test_images(args.data_dir)
+    if args.corruptions_dir is not None:
+        _check_official_size(args.corruptions_dir, args.corruptions[0], images)
+    with claim_output(args.out) as out:
+        results = evaluate_corruptions(
+            trained.model.to(device), images, labels, trained.mean, trained.std, corruptions=args.corruptions,
+            severities=args.severities, corruptions_dir=args.corruptions_dir, batch_size=args.batch_size,
+            device=device, seed=args.seed, baseline=baseline)
+        record = {"model": trained.description, "data_dir": str(args.data_dir), "device": str(device),
+                  "baseline": str(args.baseline) if args.baseline is not None else None, **results}
+        write_json(record, out / "results.json")
+    print(format_table(results))
+    print(f"results in {out / 'results.json'}")
+    return record
+
+
+def run(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
+    """Command-line entry point: exit 0, or 2 after one `error:` line (bad input, nothing written)."""
+    parser = get_args_parser(prog=prog)
+    args = parser.parse_args(argv)
+    try:
+        main(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
