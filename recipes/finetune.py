@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from layeract_patch.training.finetune import ACT_CHOICES, OPTIMIZERS, FinetuneConfig, format_results, run_finetune
+from layeract_patch.training.command import run_command
 
 _DEFAULTS = {f.name: f.default for f in fields(FinetuneConfig) if f.default is not MISSING}
 
@@ -100,18 +101,7 @@ def main(args: argparse.Namespace) -> dict:
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point: bad input -> one `error:` line and exit 2; Ctrl-C -> checkpoint and exit 130."""
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    try:
-        main(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as stop:
-        detail = f" ({stop})" if str(stop) else ""
-        print(f"{parser.prog}: interrupted{detail}; continue with the same command plus --resume", file=sys.stderr)
-        return 130
-    return 0
+    return run_command(get_args_parser(), main, argv)
 
 
 if __name__ == "__main__":

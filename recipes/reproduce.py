@@ -15,6 +15,7 @@ from pathlib import Path
 from layeract_patch.studies import presets
 from layeract_patch.studies.report import build_report
 from layeract_patch.studies.reproduce import StudyConfig, plan, rebuild_runs_csv, run_study, shell_command
+from layeract_patch.training.command import run_command
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -81,13 +82,7 @@ def main(args: argparse.Namespace) -> int:
 
 def run(argv=None) -> int:
     """Command-line entry point: bad input -> one `error:` line and exit 2."""
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    try:
-        return main(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
+    return run_command(get_args_parser(), main, argv, on_interrupt="run the same command again to continue")
 
 
 if __name__ == "__main__":

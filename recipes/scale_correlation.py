@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from layeract_patch.studies.scale_correlation import COLORS, StudyConfig, check_config, load_study_data, run_study
+from layeract_patch.training.command import run_command
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -56,20 +57,7 @@ def main(args: argparse.Namespace) -> List[dict]:
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point: bad input -> one `error:` line and exit 2, before anything is written."""
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    try:
-        main(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
-    except FloatingPointError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted; the rows of the finished runs are in --out", file=sys.stderr)
-        return 130
-    return 0
+    return run_command(get_args_parser(), main, argv, on_interrupt="the rows of the finished runs are in --out")
 
 
 if __name__ == "__main__":

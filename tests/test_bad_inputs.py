@@ -131,3 +131,23 @@ def test_the_vit_message_names_flags_the_cli_has(data, tmp_path, capsys):
     assert "--img-size 160" in err and "--model-kwargs img_size=32" in err
     options = {o for action in recipe.get_args_parser()._actions for o in action.option_strings}
     assert {"--img-size", "--model-kwargs"} <= options
+
+
+@pytest.mark.parametrize("raised, code, line", [
+    (ValueError("--lr must be positive"), 2, "prog: error: --lr must be positive"),
+    (FileNotFoundError("no data"), 2, "prog: error: no data"),
+    (FloatingPointError("loss nan at iteration 2"), 1, "prog: error: loss nan at iteration 2"),
+    (KeyboardInterrupt(), 130, "prog: interrupted; continue with the same command plus --resume"),
+])
+def test_every_recipe_shares_one_exit_contract(raised, code, line, capsys):
+    import argparse
+
+    from layeract_patch.training.command import run_command
+
+    def main(args):
+        raise raised
+
+    assert run_command(argparse.ArgumentParser(prog="prog"), main, []) == code
+    assert capsys.readouterr().err.splitlines() == [line]
+    assert run_command(argparse.ArgumentParser(prog="prog"), lambda args: 7, []) == 7
+    assert run_command(argparse.ArgumentParser(prog="prog"), lambda args: {"top1": 1.0}, []) == 0

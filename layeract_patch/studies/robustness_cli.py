@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from ..corruptions import CORRUPTIONS, SEVERITIES, check_name_and_severity
+from ..training.command import run_command
 
 __all__ = ["get_args_parser", "main", "run"]
 
@@ -128,11 +128,4 @@ def main(args: argparse.Namespace) -> dict:
 
 def run(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
     """Command-line entry point: exit 0, or 2 after one `error:` line (bad input, nothing written)."""
-    parser = get_args_parser(prog=prog)
-    args = parser.parse_args(argv)
-    try:
-        main(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(get_args_parser(prog=prog), main, argv, on_interrupt="nothing was written; run it again")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -15,6 +14,7 @@ from ..registry import ACTIVATIONS
 from .cifar import INITS, CifarConfig, prepare, resolve, train
 from .distributed import cleanup_distributed
 from .outdir import claim_output
+from .command import run_command
 
 __all__ = ["get_args_parser", "main", "run", "config_from_args", "MODEL_CHOICES"]
 
@@ -106,25 +106,6 @@ def main(args: argparse.Namespace) -> Dict:
 
 
 def run(argv: Optional[Sequence[str]] = None, model: str = "cifar_resnet", prog: Optional[str] = None) -> int:
-    """Command-line entry point: bad input -> one `error:` line and exit 2 before any training (nothing
-    written to --out); Ctrl-C -> checkpoint and exit 130; a diverged run -> exit 1."""
-    parser = get_args_parser(model, prog=prog)
-    args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-        with _claim(cfg):  # a run that fails before training leaves --out as it found it
-            plan = prepare(cfg, explicit_milestones=args.milestones is not None)
-            train(plan)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as stop:
-        detail = f" ({stop})" if str(stop) else ""
-        print(f"{parser.prog}: interrupted{detail}; continue with the same command plus --resume", file=sys.stderr)
-        return 130
-    except FloatingPointError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 1
-    finally:
-        cleanup_distributed()
-    return 0
+    """Command-line entry point (training/command.py): bad input -> one `error:` line and exit 2 before any
+    training (nothing written to --out); Ctrl-C -> checkpoint and exit 130; a diverged run -> exit 1."""
+    return run_command(get_args_parser(model, prog=prog), main, argv)

@@ -1,0 +1,36 @@
+"""The recipes' one command-line contract: every `recipes/*.py` ends in `run_command(parser, main, argv)`.
+
+Exit codes: 0 done; 2 bad input, after one `<prog>: error: ...` line and before anything is written
+(ValueError / FileNotFoundError from `main`); 1 training diverged (FloatingPointError), one line too;
+130 Ctrl-C, after the run saved what it needs to continue. No traceback for any of them.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable, Optional, Sequence
+
+__all__ = ["run_command"]
+
+
+def run_command(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], Any],
+                argv: Optional[Sequence[str]] = None, *,
+                on_interrupt: str = "continue with the same command plus --resume") -> int:
+    """Parse `argv`, call `main(args)` and turn its outcome into an exit code (see the module docstring).
+
+    `main` may return an int to choose the exit code itself (a study runner that finished with failures).
+    """
+    args = parser.parse_args(argv)
+    try:
+        result = main(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    except FloatingPointError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as stop:
+        detail = f" ({stop})" if str(stop) else ""
+        print(f"{parser.prog}: interrupted{detail}; {on_interrupt}", file=sys.stderr)
+        return 130
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
