@@ -231,3 +231,25 @@ def test_conversions_round_like_torch(compiled, tmp_path, monkeypatch, dtype, po
     back = torch.empty(every.numel(), dtype=torch.float32)
     lib.layeract_to_float(every.data_ptr(), back.data_ptr(), every.numel(), code)
     torch.testing.assert_close(back, every.float(), rtol=0, atol=0, equal_nan=True)
+
+
+def test_benchmarks_print_one_line_per_figure(compiled):
+    """The benchmark scripts run end to end (tiny sizes) and print each figure with its median and range."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    run = subprocess.run([sys.executable, "benchmarks/bench_activation.py", "--shapes", "4x4x8x8", "--budget", "0.05",
+                          "--threads", "1", "--dtypes", "fp32,bf16", "--repeats", "3"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    figures = [line for line in run.stdout.splitlines() if "(range " in line]
+    assert len(figures) == 4 and all("1 thread" in line for line in figures), run.stdout
+    assert sum("saved for backward" in line for line in run.stdout.splitlines()) == 4
+    run = subprocess.run([sys.executable, "benchmarks/bench_resnet_step.py", "--depth", "8", "--batch", "4",
+                          "--budget", "0.1", "--precision", "bf16", "--threads", "1"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "bf16 step LA-SiLU, 'cpu' kernel:" in run.stdout and "target <= 1.2x" in run.stdout, run.stdout
