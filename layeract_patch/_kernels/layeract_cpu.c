@@ -13,9 +13,13 @@
  * and a block whose float sums overflow (values of 1e19 and more) is summed again in double, so
  * the statistics of any finite sample are finite.
  *
- * Half-precision tensors (bfloat16, float16) are converted to float32 a tile at a time, on the
- * stack, and the float32 code runs on the tile: statistics and all arithmetic stay in float32,
- * only loads and stores change. Affine parameters and their gradients are always float32.
+ * Half precision: statistics and all arithmetic stay in float32, only loads and stores change.
+ * bfloat16 is read and written inside the hot loops: widening is a shift and rounding to nearest
+ * even a few integer operations, which the compiler vectorises along with the arithmetic (this
+ * measured faster than converting tiles with AVX512-BF16's instruction, which also flushes
+ * subnormals). float16 is converted a tile at a time on the stack, with F16C where the compiler
+ * offers it, and the float32 loops run on the tile. Affine parameters and their gradients are
+ * always float32.
  *
  * Built with -ffinite-math-only (clamps become min/max, about 20% faster), so NaN and inf are
  * handled explicitly: a sample whose statistics are not finite (it holds a NaN or inf) gets NaN
@@ -28,7 +32,7 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if !defined(LAYERACT_PORTABLE) && (defined(__F16C__) || defined(__AVX512BF16__))
+#if !defined(LAYERACT_PORTABLE) && defined(__F16C__)
 #include <immintrin.h>
 #endif
 
@@ -116,11 +120,6 @@ static void store_tile(const float *restrict src, void *dst, int64_t offset, int
     uint16_t *h = (uint16_t *)dst + offset;
     int64_t i = 0;
     if (dtype == BF16) {
-#if !defined(LAYERACT_PORTABLE) && defined(__AVX512BF16__)
-        /* the hardware instruction flushes subnormal results (below 1.2e-38) to zero */
-        for (; i + 16 <= n; i += 16)
-            _mm256_storeu_si256((__m256i *)(h + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
-#endif
         for (; i < n; ++i) h[i] = float_to_bf16(src[i]);
         return;
     }
@@ -139,6 +138,20 @@ void layeract_to_float(const void *src, float *dst, int64_t n, int dtype) {
 void layeract_from_float(const float *src, void *dst, int64_t n, int dtype) {
     for (int64_t i = 0; i < n; i += TILE) store_tile(src + i, dst, i, MIN(TILE, n - i), dtype);
 }
+
+/* Element access in the hot loops, for float32 and bfloat16 (dt a constant there; float16 and
+ * other data reach the loops as float32 tiles). */
+INLINE float ld(const void *p, int64_t i, int dt) {
+    return dt == BF16 ? bf16_to_float(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+INLINE void st(void *p, int64_t i, float v, int dt) {
+    if (dt == BF16) ((uint16_t *)p)[i] = float_to_bf16(v);
+    else ((float *)p)[i] = v;
+}
+
+INLINE const void *at(const void *p, int64_t i, int dt) { return (const char *)p + i * (dt == BF16 ? 2 : 4); }
+INLINE void *at_mut(void *p, int64_t i, int dt) { return (char *)p + i * (dt == BF16 ? 2 : 4); }
 
 /* ---------------------------------------------------------------- scalar helpers */
 
@@ -220,20 +233,20 @@ static float first_value(const Layout *L, const void *x, int64_t r) {
 
 /* Sums of (x - shift) and its square over x[0, n). LANES partial sums let the adds overlap
  * instead of waiting on one another. */
-static void shifted_sums(const float *x, int64_t n, float shift, double *s1, double *s2) {
+INLINE void shifted_sums(const void *x, int64_t n, float shift, double *s1, double *s2, int dt) {
     double a1 = 0.0, a2 = 0.0;
     for (int64_t start = 0; start < n; start += BLOCK) {
         int64_t end = MIN(start + BLOCK, n), i = start;
         float b1[LANES] = {0.0f}, b2[LANES] = {0.0f}, r1 = 0.0f, r2 = 0.0f;
         for (; i + LANES <= end; i += LANES) {
             for (int j = 0; j < LANES; ++j) {
-                float d = x[i + j] - shift;
+                float d = ld(x, i + j, dt) - shift;
                 b1[j] += d;
                 b2[j] += d * d;
             }
         }
         for (; i < end; ++i) {
-            float d = x[i] - shift;
+            float d = ld(x, i, dt) - shift;
             r1 += d;
             r2 += d * d;
         }
@@ -246,7 +259,7 @@ static void shifted_sums(const float *x, int64_t n, float shift, double *s1, dou
             a2 += r2;
         } else {  /* overflow in float (or a NaN/inf in x, which stays one in double) */
             for (i = start; i < end; ++i) {
-                double d = (double)x[i] - (double)shift;
+                double d = (double)ld(x, i, dt) - (double)shift;
                 a1 += d;
                 a2 += d * d;
             }
@@ -256,19 +269,21 @@ static void shifted_sums(const float *x, int64_t n, float shift, double *s1, dou
     *s2 += a2;
 }
 
-/* Sums over values [lo, hi) of sample r, converted a tile at a time when x is half precision. */
+/* Sums over values [lo, hi) of sample r (float16 converted a tile at a time). */
 static void sample_sums(const Layout *L, const void *x, int64_t r, int64_t lo, int64_t hi, float shift,
                         double *s1, double *s2) {
     int64_t base = r * L->len;
     if (L->dtype == F32) {
-        shifted_sums((const float *)x + base + lo, hi - lo, shift, s1, s2);
-        return;
-    }
-    float tile[TILE];
-    for (int64_t a = lo; a < hi; a += TILE) {
-        int64_t n = MIN(TILE, hi - a);
-        load_tile(x, base + a, n, tile, L->dtype);
-        shifted_sums(tile, n, shift, s1, s2);
+        shifted_sums(at(x, base + lo, F32), hi - lo, shift, s1, s2, F32);
+    } else if (L->dtype == BF16) {
+        shifted_sums(at(x, base + lo, BF16), hi - lo, shift, s1, s2, BF16);
+    } else {
+        float tile[TILE];
+        for (int64_t a = lo; a < hi; a += TILE) {
+            int64_t n = MIN(TILE, hi - a);
+            load_tile(x, base + a, n, tile, L->dtype);
+            shifted_sums(tile, n, shift, s1, s2, F32);
+        }
     }
 }
 
@@ -288,48 +303,54 @@ static void finish_stats(double s1, double s2, int64_t len, float shift, float a
 /* y = x s(z) with z = a (x - mean) + c (a span of one channel, or a whole sample without an affine).
  * x - mean comes first: it is exact for x near the mean, so a mean far above the spread costs
  * no precision (x a - mean a would cancel). */
-INLINE void forward_span(const float *restrict x, float *restrict y, int64_t n, float mean, float a, float c,
-                         int kind) {
+INLINE void forward_span(const void *restrict x, void *restrict y, int64_t n, float mean, float a, float c,
+                         int kind, int dt) {
     Coef k = coef_for(a, c, kind);
     for (int64_t i = 0; i < n; ++i) {
-        float v = (x[i] - mean) * k.a + k.c;
-        y[i] = x[i] * (kind == SILU ? sigmoid(v) : clamp(v, 0.0f, 1.0f));
+        float xv = ld(x, i, dt), v = (xv - mean) * k.a + k.c;
+        st(y, i, xv * (kind == SILU ? sigmoid(v) : clamp(v, 0.0f, 1.0f)), dt);
     }
 }
 
 /* The same along (part of) one interleaved row, where the affine changes with every value. */
-INLINE void forward_span_interleaved(const float *restrict x, float *restrict y, int64_t n, float mean, float rstd,
-                                     const float *restrict w, const float *restrict b, int kind) {
+INLINE void forward_span_interleaved(const void *restrict x, void *restrict y, int64_t n, float mean, float rstd,
+                                     const float *restrict w, const float *restrict b, int kind, int dt) {
     for (int64_t i = 0; i < n; ++i) {
-        float z = (x[i] - mean) * rstd * w[i] + b[i];
-        y[i] = x[i] * (kind == SILU ? sigmoid(z) : clamp(z * (1.0f / 6.0f) + 0.5f, 0.0f, 1.0f));
+        float xv = ld(x, i, dt), z = (xv - mean) * rstd * w[i] + b[i];
+        st(y, i, xv * (kind == SILU ? sigmoid(z) : clamp(z * (1.0f / 6.0f) + 0.5f, 0.0f, 1.0f)), dt);
     }
 }
 
-INLINE void forward_range_of(const Layout *L, const float *x, float *y, int64_t lo, int64_t hi,
-                             float mean, float rstd, int kind) {
+INLINE void forward_range_of(const Layout *L, const void *x, void *y, int64_t lo, int64_t hi,
+                             float mean, float rstd, int kind, int dt) {
     if (L->planar) {
         for (int64_t i = lo; i < hi;) {
             int64_t c = i / L->inner, end = MIN((c + 1) * L->inner, hi);
             float w = L->w ? L->w[c] : 1.0f, b = L->w ? L->b[c] : 0.0f;
-            forward_span(x + (i - lo), y + (i - lo), end - i, mean, rstd * w, b, kind);
+            forward_span(at(x, i - lo, dt), at_mut(y, i - lo, dt), end - i, mean, rstd * w, b, kind, dt);
             i = end;
         }
     } else {
         for (int64_t i = lo, c = lo % L->channels; i < hi; c = 0) {
             int64_t n = MIN(L->channels - c, hi - i);
-            forward_span_interleaved(x + (i - lo), y + (i - lo), n, mean, rstd, L->w + c, L->b + c, kind);
+            forward_span_interleaved(at(x, i - lo, dt), at_mut(y, i - lo, dt), n, mean, rstd, L->w + c, L->b + c,
+                                     kind, dt);
             i += n;
         }
     }
 }
 
-/* `kind` is made a constant here, outside the OpenMP bodies that gcc outlines before inlining:
- * a kind known only at run time would make the hot loop compute both scale functions. */
-static void forward_range(const Layout *L, const float *x, float *y, int64_t lo, int64_t hi, float mean, float rstd,
-                          int kind) {
-    if (kind == SILU) forward_range_of(L, x, y, lo, hi, mean, rstd, SILU);
-    else forward_range_of(L, x, y, lo, hi, mean, rstd, HARDSILU);
+/* `kind` and `dt` are made constants here, outside the OpenMP bodies that gcc outlines before
+ * inlining: a kind known only at run time would make the hot loop compute both scale functions. */
+static void forward_range(const Layout *L, const void *x, void *y, int64_t lo, int64_t hi, float mean, float rstd,
+                          int kind, int dt) {
+    if (dt == BF16) {
+        if (kind == SILU) forward_range_of(L, x, y, lo, hi, mean, rstd, SILU, BF16);
+        else forward_range_of(L, x, y, lo, hi, mean, rstd, HARDSILU, BF16);
+    } else {
+        if (kind == SILU) forward_range_of(L, x, y, lo, hi, mean, rstd, SILU, F32);
+        else forward_range_of(L, x, y, lo, hi, mean, rstd, HARDSILU, F32);
+    }
 }
 
 /* Apply the activation to values [lo, hi) of sample r, in the tensors' own dtype. */
@@ -337,10 +358,9 @@ static void forward_apply(const Layout *L, const void *x, void *y, int64_t r, in
                           float rstd, int kind) {
     int64_t base = r * L->len;
     int finite = finite_bits(mean) && finite_bits(rstd);
-    if (L->dtype == F32) {
-        float *yr = (float *)y + base + lo;
-        if (finite) forward_range(L, (const float *)x + base + lo, yr, lo, hi, mean, rstd, kind);
-        else fill_nan(yr, hi - lo);
+    if (finite && L->dtype != F16) {
+        forward_range(L, at(x, base + lo, L->dtype), at_mut(y, base + lo, L->dtype), lo, hi, mean, rstd, kind,
+                      L->dtype);
         return;
     }
     float xt[TILE], yt[TILE];
@@ -348,11 +368,12 @@ static void forward_apply(const Layout *L, const void *x, void *y, int64_t r, in
         int64_t n = MIN(TILE, hi - a);
         if (finite) {
             load_tile(x, base + a, n, xt, L->dtype);
-            forward_range(L, xt, yt, a, a + n, mean, rstd, kind);
+            forward_range(L, xt, yt, a, a + n, mean, rstd, kind, F32);
         } else {
             fill_nan(yt, n);
         }
-        store_tile(yt, y, base + a, n, L->dtype);
+        if (L->dtype == F32) memcpy((float *)y + base + a, yt, (size_t)n * sizeof(float));
+        else store_tile(yt, y, base + a, n, L->dtype);
     }
 }
 
@@ -427,13 +448,14 @@ typedef struct { double *dw, *db; float *fw, *fb; int64_t pending; int *poisoned
 /* Pass 1 on a span of one channel with weight w (1 without an affine): since w is constant here,
  * only sum(dz) and sum(dz n) are needed; the sample's sums of dn are w times them. HardSiLU's
  * constant slope 1/6 is applied to the sums, not to every value. */
-INLINE void backward_span(const float *restrict x, const float *restrict g, float *restrict t, int64_t n, float rstd,
-                          float mean, float w, float b, int kind, float *dz_sum, float *dzn_sum) {
+INLINE void backward_span(const void *restrict x, const void *restrict g, float *restrict t, int64_t n, float rstd,
+                          float mean, float w, float b, int kind, int dt, float *dz_sum, float *dzn_sum) {
     Coef k = coef_for(w, b, kind);
     float slope = kind == SILU ? 1.0f : 1.0f / 6.0f, a1 = 0.0f, a2 = 0.0f;
     float rws = rstd * w * slope;
     for (int64_t i = 0; i < n; ++i) {
-        float nv = (x[i] - mean) * rstd, gx = g[i] * x[i], v = nv * k.a + k.c, s, dz;
+        float xv = ld(x, i, dt), gv = ld(g, i, dt);
+        float nv = (xv - mean) * rstd, gx = gv * xv, v = nv * k.a + k.c, s, dz;
         if (kind == SILU) {
             s = sigmoid(v);
             dz = gx * (s * (1.0f - s));
@@ -444,7 +466,7 @@ INLINE void backward_span(const float *restrict x, const float *restrict g, floa
         }
         a1 += dz;
         a2 += dz * nv;
-        t[i] = g[i] * s + rws * dz;
+        t[i] = gv * s + rws * dz;
     }
     *dz_sum = a1 * slope;
     *dzn_sum = a2 * slope;
@@ -462,19 +484,19 @@ INLINE float scale_and_grad(float v, float gx, int kind, float *dz) {
     return below ? 0.0f : above ? 1.0f : v;
 }
 
-INLINE void backward_span_interleaved(const float *restrict x, const float *restrict g, float *restrict t, int64_t n,
+INLINE void backward_span_interleaved(const void *restrict x, const void *restrict g, float *restrict t, int64_t n,
                                       float mean, float rstd, const float *restrict w, const float *restrict b, int kind,
-                                      float *dn_sum, float *dnn_sum, float *restrict fw, float *restrict fb) {
+                                      int dt, float *dn_sum, float *dnn_sum, float *restrict fw, float *restrict fb) {
     float a1 = 0.0f, a2 = 0.0f;
     for (int64_t i = 0; i < n; ++i) {
-        float nv = (x[i] - mean) * rstd, z = nv * w[i] + b[i];
-        float dz, s = scale_and_grad(kind == SILU ? z : z * (1.0f / 6.0f) + 0.5f, g[i] * x[i], kind, &dz);
+        float xv = ld(x, i, dt), gv = ld(g, i, dt), nv = (xv - mean) * rstd, z = nv * w[i] + b[i];
+        float dz, s = scale_and_grad(kind == SILU ? z : z * (1.0f / 6.0f) + 0.5f, gv * xv, kind, &dz);
         float dn = dz * w[i];
         a1 += dn;
         a2 += dn * nv;
         fw[i] += dz * nv;
         fb[i] += dz;
-        t[i] = g[i] * s + rstd * dn;
+        t[i] = gv * s + rstd * dn;
     }
     *dn_sum = a1;
     *dnn_sum = a2;
@@ -491,15 +513,16 @@ static void flush_channels(ChannelSums *cs, int64_t channels) {
 }
 
 /* Pass 1 over values [lo, hi) of one sample (x, g, t point at value lo). */
-INLINE RowSums backward_pass1_of(const Layout *L, const float *x, const float *g, float *t, int64_t lo, int64_t hi,
-                                 float mean, float rstd, int kind, ChannelSums *cs) {
+INLINE RowSums backward_pass1_of(const Layout *L, const void *x, const void *g, float *t, int64_t lo, int64_t hi,
+                                 float mean, float rstd, int kind, int dt, ChannelSums *cs) {
     RowSums row = {0.0, 0.0};
     float s1, s2;
     if (L->planar) {
         for (int64_t i = lo; i < hi;) {
             int64_t c = i / L->inner, end = MIN(MIN((c + 1) * L->inner, hi), i + BLOCK);
             float w = L->w ? L->w[c] : 1.0f, b = L->w ? L->b[c] : 0.0f;
-            backward_span(x + (i - lo), g + (i - lo), t + (i - lo), end - i, rstd, mean, w, b, kind, &s1, &s2);
+            backward_span(at(x, i - lo, dt), at(g, i - lo, dt), t + (i - lo), end - i, rstd, mean, w, b, kind, dt,
+                          &s1, &s2);
             row.dn += (double)w * s1;
             row.dnn += (double)w * s2;
             if (L->w) { cs->dw[c] += s2; cs->db[c] += s1; }
@@ -508,8 +531,8 @@ INLINE RowSums backward_pass1_of(const Layout *L, const float *x, const float *g
     } else {
         for (int64_t i = lo, c = lo % L->channels; i < hi; c = 0) {
             int64_t n = MIN(L->channels - c, hi - i);
-            backward_span_interleaved(x + (i - lo), g + (i - lo), t + (i - lo), n, mean, rstd, L->w + c, L->b + c, kind,
-                                      &s1, &s2, cs->fw + c, cs->fb + c);
+            backward_span_interleaved(at(x, i - lo, dt), at(g, i - lo, dt), t + (i - lo), n, mean, rstd, L->w + c,
+                                      L->b + c, kind, dt, &s1, &s2, cs->fw + c, cs->fb + c);
             row.dn += s1;
             row.dnn += s2;
             cs->pending += n;
@@ -520,10 +543,15 @@ INLINE RowSums backward_pass1_of(const Layout *L, const float *x, const float *g
     return row;
 }
 
-static RowSums backward_pass1_kind(const Layout *L, const float *x, const float *g, float *t, int64_t lo, int64_t hi,
-                                   float mean, float rstd, int kind, ChannelSums *cs) {
-    if (kind == SILU) return backward_pass1_of(L, x, g, t, lo, hi, mean, rstd, SILU, cs);
-    return backward_pass1_of(L, x, g, t, lo, hi, mean, rstd, HARDSILU, cs);
+/* kind and dt made constants (see forward_range). */
+static RowSums backward_pass1_kind(const Layout *L, const void *x, const void *g, float *t, int64_t lo, int64_t hi,
+                                   float mean, float rstd, int kind, int dt, ChannelSums *cs) {
+    if (dt == BF16) {
+        if (kind == SILU) return backward_pass1_of(L, x, g, t, lo, hi, mean, rstd, SILU, BF16, cs);
+        return backward_pass1_of(L, x, g, t, lo, hi, mean, rstd, HARDSILU, BF16, cs);
+    }
+    if (kind == SILU) return backward_pass1_of(L, x, g, t, lo, hi, mean, rstd, SILU, F32, cs);
+    return backward_pass1_of(L, x, g, t, lo, hi, mean, rstd, HARDSILU, F32, cs);
 }
 
 /* Pass 1 over values [lo, hi) of sample r; t receives the float t of those values. */
@@ -537,16 +565,16 @@ static RowSums backward_pass1(const Layout *L, const void *x, const void *g, flo
         *cs->poisoned = 1;
         return none;
     }
-    if (L->dtype == F32)
-        return backward_pass1_kind(L, (const float *)x + base + lo, (const float *)g + base + lo, t, lo, hi, mean,
-                                   rstd, kind, cs);
+    if (L->dtype != F16)
+        return backward_pass1_kind(L, at(x, base + lo, L->dtype), at(g, base + lo, L->dtype), t, lo, hi, mean, rstd,
+                                   kind, L->dtype, cs);
     RowSums sums = {0.0, 0.0};
     float xt[TILE], gt[TILE];
     for (int64_t a = lo; a < hi; a += TILE) {
         int64_t n = MIN(TILE, hi - a);
         load_tile(x, base + a, n, xt, L->dtype);
         load_tile(g, base + a, n, gt, L->dtype);
-        RowSums part = backward_pass1_kind(L, xt, gt, t + (a - lo), a, a + n, mean, rstd, kind, cs);
+        RowSums part = backward_pass1_kind(L, xt, gt, t + (a - lo), a, a + n, mean, rstd, kind, F32, cs);
         sums.dn += part.dn;
         sums.dnn += part.dnn;
     }
@@ -554,8 +582,9 @@ static RowSums backward_pass1(const Layout *L, const void *x, const void *g, flo
 }
 
 /* dx = t - rstd (mean(dn) + n mean(dn n)) over n values; t and dx may be the same floats. */
-static void correct(const float *x, const float *t, float *dx, int64_t n, float k0, float k1, float mean, float rstd) {
-    for (int64_t i = 0; i < n; ++i) dx[i] = t[i] + k0 + k1 * ((x[i] - mean) * rstd);
+INLINE void correct(const void *x, const float *t, void *dx, int64_t n, float k0, float k1, float mean, float rstd,
+                    int dt) {
+    for (int64_t i = 0; i < n; ++i) st(dx, i, t[i] + k0 + k1 * ((ld(x, i, dt) - mean) * rstd), dt);
 }
 
 /* Pass 2 over values [lo, hi) of sample r, given pass 1's t for them and the sample's sums. */
@@ -565,14 +594,18 @@ static void backward_pass2(const Layout *L, const void *x, void *dx, const float
     float k0 = (float)(-(double)rstd * sums.dn / (double)L->len);
     float k1 = (float)(-(double)rstd * sums.dnn / (double)L->len);
     if (L->dtype == F32) {
-        correct((const float *)x + base + lo, t, (float *)dx + base + lo, hi - lo, k0, k1, mean, rstd);
+        correct(at(x, base + lo, F32), t, at_mut(dx, base + lo, F32), hi - lo, k0, k1, mean, rstd, F32);
+        return;
+    }
+    if (L->dtype == BF16) {
+        correct(at(x, base + lo, BF16), t, at_mut(dx, base + lo, BF16), hi - lo, k0, k1, mean, rstd, BF16);
         return;
     }
     float xt[TILE], dt[TILE];
     for (int64_t a = lo; a < hi; a += TILE) {
         int64_t n = MIN(TILE, hi - a);
         load_tile(x, base + a, n, xt, L->dtype);
-        correct(xt, t + (a - lo), dt, n, k0, k1, mean, rstd);
+        correct(xt, t + (a - lo), dt, n, k0, k1, mean, rstd, F32);
         store_tile(dt, dx, base + a, n, L->dtype);
     }
 }
