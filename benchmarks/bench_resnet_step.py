@@ -104,8 +104,8 @@ def main(argv=None) -> int:
         rounds = rounds_for(steps, args.budget / args.repeats, lo=3, hi=100)
         result = repeated_ratios(steps, "SiLU", rounds, args.repeats, clock=clock)
         set_backend("auto")
-        print(f"\n# CIFAR ResNet-{args.depth} training step, batch {args.batch}, {precision} "
-              f"{'(CPU autocast)' if PRECISIONS[precision] else ''}{', channels_last' if args.channels_last else ''}: "
+        print(f"\n# CIFAR ResNet-{args.depth} training step, batch {args.batch}, {precision}"
+              f"{' (CPU autocast)' if PRECISIONS[precision] else ''}{', channels_last' if args.channels_last else ''}: "
               f"{args.repeats} repeats of {rounds} interleaved rounds{' (thread CPU time)' if args.cpu_clock else ''}")
         for label, (ratio, lo, hi, seconds) in result.items():
             hard = result["Hardswish"]
