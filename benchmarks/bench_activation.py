@@ -1,12 +1,16 @@
 """LayerAct forward+backward cost beside nn.SiLU (and nn.Hardswish), measured in one process.
 
-    python benchmarks/bench_activation.py                       # the issue's table, fp32 CPU
-    python benchmarks/bench_activation.py --shapes 8x16x32x32 --budget 2 --kinds silu
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_activation.py --cpu-clock   # on a machine shared with others
+    python benchmarks/bench_activation.py                       # issue 12's figures: fp32 and bf16, 1 and 2 threads
+    python benchmarks/bench_activation.py --shapes 8x16x32x32 --budget 2 --kinds silu --dtypes fp32 --threads 1
+    python benchmarks/bench_activation.py --compare --dtypes fp32 --threads 1   # also the eager and plain-formula paths
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_activation.py --cpu-clock --threads 1   # on a shared machine
 
-For each shape and activation kind it prints the median time of one forward+backward of every
-implementation as a multiple of the plain activation (nn.SiLU / nn.Hardswish), and the bytes that
-autograd keeps for backward as a multiple of the input's bytes.
+For each activation kind, dtype, thread count and shape it prints one line: the time of one
+forward+backward of LayerAct's fused 'cpu' kernel as a multiple of the plain activation's
+(nn.SiLU / nn.Hardswish on the same tensor), the median over --repeats repetitions of an
+interleaved measurement and the range of those repetitions, and the verdict against issue 12's
+fp32 target (at most 1.3x at its four shapes). It then prints the bytes autograd keeps for
+backward as a multiple of the input's bytes, per dtype.
 """
 from __future__ import annotations
 
@@ -20,14 +24,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from timing import interleaved_medians, machine, pin_heap, rounds_for, saved_bytes
+from timing import machine, pin_heap, repeated_ratios, rounds_for, saved_bytes
 
 import layeract_patch
 from layeract_patch import la_reference, layer_act, set_backend
 
-DEFAULT_SHAPES = "128x16x32x32,128x32x16x16,128x64x8x8,32x256x56x56"
+DEFAULT_SHAPES = "128x16x32x32,128x32x16x16,128x64x8x8,16x256x56x56"
+TARGET_SHAPES = {(128, 16, 32, 32), (128, 32, 16, 16), (128, 64, 8, 8), (16, 256, 56, 56)}
+TARGET = {"fp32": 1.3}  # issue 12: fp32 fwd+bwd at most 1.3x the element-wise activation (stretch 1.2x)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BASELINE = {"silu": ("nn.SiLU", nn.SiLU), "hardsilu": ("nn.Hardswish", nn.Hardswish)}
+LABEL = {"silu": "LA-SiLU", "hardsilu": "LA-HardSiLU"}
 SCALE = {"silu": torch.sigmoid, "hardsilu": F.hardsigmoid}
+FUSED = "LayerAct, 'cpu' kernel"
 
 
 def with_backend(name: str, kind: str) -> Callable[[Tensor], Tensor]:
@@ -37,17 +46,18 @@ def with_backend(name: str, kind: str) -> Callable[[Tensor], Tensor]:
     return run
 
 
-def implementations(kind: str) -> Dict[str, Callable[[Tensor], Tensor]]:
+def implementations(kind: str, compare: bool) -> Dict[str, Callable[[Tensor], Tensor]]:
     """name -> function of x; the first is the baseline the others are divided by."""
     base_name, base_cls = BASELINE[kind]
-    scale = SCALE[kind]
-    return {
-        base_name: base_cls(),
-        "GroupNorm(1) then x * scale": lambda x: x * scale(F.group_norm(x, 1)),
-        "plain formula, autograd": lambda x: la_reference(x, kind),
-        "LayerAct, 'torch' backend": with_backend("torch", kind),
-        "LayerAct, 'cpu' kernel": with_backend("cpu", kind),
-    }
+    impls = {base_name: base_cls(), FUSED: with_backend("cpu", kind)}
+    if compare:
+        scale = SCALE[kind]
+        impls.update({
+            "GroupNorm(1) then x * scale": lambda x: x * scale(F.group_norm(x, 1)),
+            "plain formula, autograd": lambda x: la_reference(x, kind),
+            "LayerAct, 'torch' backend": with_backend("torch", kind),
+        })
+    return impls
 
 
 def parse_shape(text: str) -> Tuple[int, ...]:
@@ -60,15 +70,18 @@ def parse_shape(text: str) -> Tuple[int, ...]:
     return shape
 
 
-def measure(kind: str, shape: Tuple[int, ...], budget: float, channels_last: bool,
-            clock: Callable[[], float]) -> Dict[str, Tuple[float, float]]:
-    """name -> (median seconds of forward+backward, saved-for-backward bytes / input bytes)."""
-    x = torch.randn(shape)
+def make_input(shape: Tuple[int, ...], dtype: torch.dtype, channels_last: bool) -> Tensor:
+    x = torch.randn(shape).to(dtype)
     if channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    x.requires_grad_(True)
+    return x.requires_grad_(True)
+
+
+def measure(kind: str, x: Tensor, budget: float, repeats: int, compare: bool,
+            clock: Callable[[], float]) -> Dict[str, Tuple[float, float, float, float]]:
+    """name -> (median ratio to the baseline, lowest, highest, median seconds) of forward+backward."""
     grad = torch.randn_like(x)
-    impls = implementations(kind)
+    impls = implementations(kind, compare)
 
     def step(fn: Callable[[Tensor], Tensor]) -> Callable[[], None]:
         def run() -> None:
@@ -77,69 +90,85 @@ def measure(kind: str, shape: Tuple[int, ...], budget: float, channels_last: boo
         return run
 
     cases = {name: step(fn) for name, fn in impls.items()}
-    rounds = rounds_for(cases, budget)
-    times = interleaved_medians(cases, rounds, warmup=1, clock=clock)
-    saved = {name: saved_bytes(lambda: fn(x)) / (x.numel() * x.element_size()) for name, fn in impls.items()}
+    rounds = rounds_for(cases, budget / repeats, lo=5, hi=200)
+    result = repeated_ratios(cases, next(iter(impls)), rounds, repeats, clock=clock)
     set_backend("auto")
-    return {name: (times[name], saved[name]) for name in impls}
+    return result
 
 
-def table(kind: str, shapes: List[Tuple[int, ...]], results: List[Dict[str, Tuple[float, float]]]) -> str:
-    names = list(results[0])
-    header = ["implementation"] + ["x".join(map(str, s)) for s in shapes] + ["saved for backward"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name in names:
-        cells = [name]
-        for res in results:
-            seconds, base = res[name][0], res[names[0]][0]
-            cells.append(f"{seconds / base:.2f}x" + (f" ({seconds * 1e3:.2f} ms)" if name == names[0] else ""))
-        cells.append(f"{results[0][name][1]:.2f}x input")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def saved_line(kind: str, dtype_name: str, shape: Tuple[int, ...]) -> str:
+    x = make_input(shape, DTYPES[dtype_name], False)
+    set_backend("cpu")
+    try:
+        kept = saved_bytes(lambda: layer_act(x, kind)) / (x.numel() * x.element_size())
+    finally:
+        set_backend("auto")
+    return f"{dtype_name} {LABEL[kind]} saved for backward at {'x'.join(map(str, shape))}: {kept:.4f}x the input"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated NxCxHxW list (default: %(default)s)")
     parser.add_argument("--kinds", default="silu,hardsilu", help="silu, hardsilu or both (default: %(default)s)")
-    parser.add_argument("--budget", type=float, default=12.0, help="seconds of timing per shape and kind")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    parser.add_argument("--dtypes", default="fp32,bf16", help=f"among {sorted(DTYPES)} (default: %(default)s)")
+    parser.add_argument("--threads", default="1,2", help="torch thread counts to measure (default: %(default)s)")
+    parser.add_argument("--budget", type=float, default=6.0, help="seconds of timing per line")
+    parser.add_argument("--repeats", type=int, default=3, help="repetitions of the interleaved measurement")
+    parser.add_argument("--compare", action="store_true",
+                        help="also time GroupNorm(1), the plain formula and the eager 'torch' backend")
     parser.add_argument("--channels-last", action="store_true", help="time channels_last inputs")
     parser.add_argument("--default-heap", action="store_true",
                         help="leave glibc's heap trimming on (see timing.pin_heap for why it is off by default)")
     parser.add_argument("--cpu-clock", action="store_true",
-                        help="time by CPU time, blind to other jobs on the cores: the thread's with --threads 1, "
+                        help="time by CPU time, blind to other jobs on the cores: the thread's with one thread, "
                              "else the process's (then set OMP_WAIT_POLICY=PASSIVE so idle threads do not spin)")
     try:
         args = parser.parse_args(argv)
         shapes = [parse_shape(s) for s in args.shapes.split(",") if s]
         kinds = [k for k in args.kinds.split(",") if k]
-        bad = [k for k in kinds if k not in BASELINE]
-        if bad or not shapes or args.budget <= 0:
-            raise argparse.ArgumentTypeError(f"kinds must be among {sorted(BASELINE)} (got {bad or kinds}), "
-                                             f"shapes non-empty and budget > 0")
-        if args.cpu_clock and args.threads != 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        dtypes = [d for d in args.dtypes.split(",") if d]
+        threads = [int(t) for t in args.threads.split(",") if t]
+        bad = [k for k in kinds if k not in BASELINE] + [d for d in dtypes if d not in DTYPES]
+        if bad or not shapes or not kinds or not dtypes or args.budget <= 0 or args.repeats < 1:
+            raise argparse.ArgumentTypeError(f"kinds must be among {sorted(BASELINE)} and dtypes among {sorted(DTYPES)} "
+                                             f"(got {bad or kinds + dtypes}), shapes non-empty, budget > 0, repeats >= 1")
+        if not threads or min(threads) < 1:
+            raise argparse.ArgumentTypeError(f"--threads takes positive counts, e.g. 1,2 (got {args.threads!r})")
+        if args.cpu_clock and max(threads) > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
             raise argparse.ArgumentTypeError("--cpu-clock with several threads needs OMP_WAIT_POLICY=PASSIVE in the "
-                                             "environment (or add --threads 1)")
-    except argparse.ArgumentTypeError as err:
+                                             "environment (or --threads 1)")
+    except (argparse.ArgumentTypeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     pinned = not args.default_heap and pin_heap()
     torch.manual_seed(0)
-    clock, clock_name = time.perf_counter, "wall-clock"
-    if args.cpu_clock:
-        one = torch.get_num_threads() == 1
-        clock, clock_name = (time.thread_time, "thread CPU") if one else (time.process_time, "process CPU")
-    print(f"# LayerAct forward+backward, fp32 CPU{', channels_last' if args.channels_last else ''}: "
-          f"median {clock_name} time as a multiple of the plain activation, measured interleaved in one process")
+    print(f"# LayerAct forward+backward{', channels_last' if args.channels_last else ''}: time as a multiple of the "
+          f"plain activation, median (range) of {args.repeats} repeats of an interleaved measurement in one process")
     print(f"# {machine()}; auto backend here: {layeract_patch.backend('cpu')!r}; "
-          f"{'glibc heap kept (no trimming)' if pinned else 'default heap'}\n")
-    for kind in kinds:
-        results = [measure(kind, shape, args.budget, args.channels_last, clock) for shape in shapes]
-        print(f"LA-{'SiLU' if kind == 'silu' else 'HardSiLU'} vs {BASELINE[kind][0]}\n")
-        print(table(kind, shapes, results) + "\n", flush=True)
+          f"{'glibc heap kept (no trimming)' if pinned else 'default heap'}")
+    for count in threads:
+        torch.set_num_threads(count)
+        clock = time.perf_counter
+        if args.cpu_clock:
+            clock = time.thread_time if count == 1 else time.process_time
+        for dtype_name in dtypes:
+            for kind in kinds:
+                for shape in shapes:
+                    x = make_input(shape, DTYPES[dtype_name], args.channels_last)
+                    result = measure(kind, x, args.budget, args.repeats, args.compare, clock)
+                    base_name = BASELINE[kind][0]
+                    for name, (ratio, lo, hi, seconds) in result.items():
+                        if name == base_name:
+                            continue
+                        target = TARGET.get(dtype_name) if name == FUSED and shape in TARGET_SHAPES else None
+                        verdict = f"; target <= {target}x: {'met' if ratio <= target else 'NOT met'}" if target else ""
+                        who = LABEL[kind] if name == FUSED else f"{LABEL[kind]} ({name})"
+                        print(f"{dtype_name} {count} thread{'s' if count > 1 else ''} {who} {'x'.join(map(str, shape))}: "
+                              f"{ratio:.3f}x {base_name} (range {lo:.3f}-{hi:.3f}; {base_name} "
+                              f"{result[base_name][3] * 1e3:.2f} ms){verdict}", flush=True)
+    for dtype_name in dtypes:
+        for kind in kinds:
+            print(saved_line(kind, dtype_name, shapes[0]))
     return 0
 
 

@@ -1,14 +1,19 @@
 """One CIFAR ResNet training step with LayerAct beside the same step with SiLU, measured in one process.
 
-    python benchmarks/bench_resnet_step.py                     # ResNet-20, batch 128, CPU
-    python benchmarks/bench_resnet_step.py --depth 20 --batch 32 --budget 5
+    python benchmarks/bench_resnet_step.py                     # ResNet-20, batch 128, CPU, fp32 and bf16 autocast
+    python benchmarks/bench_resnet_step.py --precision bf16 --budget 20 --repeats 3
+    python benchmarks/bench_resnet_step.py --depth 20 --batch 32 --budget 5 --precision fp32
 
-Each step is forward, cross-entropy, backward and an SGD update on a fixed random batch. The models
-share their initial weights; the steps are interleaved and the medians compared.
+Each step is forward, cross-entropy, backward and an SGD update on a fixed random batch; with
+`bf16` the forward runs under CPU autocast (torch.autocast("cpu", torch.bfloat16)), as mixed
+precision training on CPU does: convolutions run in bfloat16 and LayerAct sees bfloat16 tensors.
+The models share their initial weights; the steps are interleaved, and the whole measurement is
+repeated; each line gives the median ratio over the repeats and its range (lowest-highest).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from typing import Callable, Dict
@@ -16,7 +21,7 @@ from typing import Callable, Dict
 import torch
 import torch.nn.functional as F
 
-from timing import interleaved_medians, machine, pin_heap, rounds_for
+from timing import machine, pin_heap, repeated_ratios, rounds_for
 
 from layeract_patch import set_backend
 from layeract_patch.models import cifar_resnet
@@ -29,10 +34,12 @@ STEPS = (
     ("LA-HardSiLU, 'cpu' kernel", "la_hardsilu", "cpu"),
 )
 EAGER_STEP = ("LA-SiLU, 'torch' backend", "la_silu", "torch")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+TARGET = {"fp32": None, "bf16": 1.2}  # issue 12: LA-SiLU's bf16 autocast step at most 1.2x SiLU's
 
 
 def training_step(act: str, backend, depth: int, images: torch.Tensor, labels: torch.Tensor,
-                  channels_last: bool) -> Callable[[], None]:
+                  channels_last: bool, autocast_dtype) -> Callable[[], None]:
     torch.manual_seed(0)
     model = cifar_resnet(depth=depth, num_classes=10, act=act, norm="bn").train()
     if channels_last:
@@ -43,7 +50,11 @@ def training_step(act: str, backend, depth: int, images: torch.Tensor, labels: t
         if backend is not None:
             set_backend(backend)
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(images), labels).backward()
+        precision = (torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype is not None
+                     else contextlib.nullcontext())
+        with precision:
+            loss = F.cross_entropy(model(images), labels)
+        loss.backward()
         optimizer.step()
     return step
 
@@ -52,7 +63,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depth", type=int, default=20, help="6n+2 (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--budget", type=float, default=60.0, help="seconds of timing in all")
+    parser.add_argument("--precision", default="fp32,bf16",
+                        help="fp32 and/or bf16 (CPU autocast), comma-separated (default: %(default)s)")
+    parser.add_argument("--budget", type=float, default=60.0, help="seconds of timing per precision")
+    parser.add_argument("--repeats", type=int, default=3, help="repetitions of the interleaved measurement")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--eager", action="store_true", help="also time LA-SiLU on the eager 'torch' backend")
@@ -61,9 +75,14 @@ def main(argv=None) -> int:
     parser.add_argument("--cpu-clock", action="store_true",
                         help="time by the thread's CPU time, blind to other jobs on the core (needs --threads 1)")
     args = parser.parse_args(argv)
-    if (args.depth - 2) % 6 or args.depth < 8 or args.batch < 1 or args.budget <= 0:
-        print(f"error: need depth = 6n+2 >= 8, batch >= 1 and budget > 0 (got depth={args.depth}, "
-              f"batch={args.batch}, budget={args.budget})", file=sys.stderr)
+    precisions = [p for p in args.precision.split(",") if p]
+    if (args.depth - 2) % 6 or args.depth < 8 or args.batch < 1 or args.budget <= 0 or args.repeats < 1:
+        print(f"error: need depth = 6n+2 >= 8, batch >= 1, budget > 0 and repeats >= 1 (got depth={args.depth}, "
+              f"batch={args.batch}, budget={args.budget}, repeats={args.repeats})", file=sys.stderr)
+        return 2
+    if not precisions or any(p not in PRECISIONS for p in precisions):
+        print(f"error: --precision takes {sorted(PRECISIONS)}, comma-separated (got {args.precision!r})",
+              file=sys.stderr)
         return 2
     if args.cpu_clock and args.threads != 1:
         print("error: --cpu-clock counts one thread's time: add --threads 1", file=sys.stderr)
@@ -76,21 +95,25 @@ def main(argv=None) -> int:
     if args.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (args.batch,))
-    steps: Dict[str, Callable[[], None]] = {
-        label: training_step(act, backend, args.depth, images, labels, args.channels_last)
-        for label, act, backend in STEPS + ((EAGER_STEP,) if args.eager else ())}
-    rounds = rounds_for(steps, args.budget, lo=5, hi=100)
     clock = time.thread_time if args.cpu_clock else time.perf_counter
-    times = interleaved_medians(steps, rounds, warmup=1, clock=clock)
-    set_backend("auto")
-    print(f"# CIFAR ResNet-{args.depth} training step, batch {args.batch}, fp32 CPU"
-          f"{', channels_last' if args.channels_last else ''}: medians of {rounds} interleaved rounds"
-          f"{' (thread CPU time)' if args.cpu_clock else ''}")
-    print(f"# {machine()}; {'glibc heap kept (no trimming)' if pinned else 'default heap'}\n")
-    print("| step | median | vs SiLU | vs Hardswish |\n|---|---|---|---|")
-    for label in steps:
-        print(f"| {label} | {times[label] * 1e3:.1f} ms | {times[label] / times['SiLU']:.3f}x | "
-              f"{times[label] / times['Hardswish']:.3f}x |")
+    print(f"# {machine()}; {'glibc heap kept (no trimming)' if pinned else 'default heap'}")
+    for precision in precisions:
+        steps: Dict[str, Callable[[], None]] = {
+            label: training_step(act, backend, args.depth, images, labels, args.channels_last, PRECISIONS[precision])
+            for label, act, backend in STEPS + ((EAGER_STEP,) if args.eager else ())}
+        rounds = rounds_for(steps, args.budget / args.repeats, lo=3, hi=100)
+        result = repeated_ratios(steps, "SiLU", rounds, args.repeats, clock=clock)
+        set_backend("auto")
+        print(f"\n# CIFAR ResNet-{args.depth} training step, batch {args.batch}, {precision}"
+              f"{' (CPU autocast)' if PRECISIONS[precision] else ''}{', channels_last' if args.channels_last else ''}: "
+              f"{args.repeats} repeats of {rounds} interleaved rounds{' (thread CPU time)' if args.cpu_clock else ''}")
+        for label, (ratio, lo, hi, seconds) in result.items():
+            hard = result["Hardswish"]
+            versus = f" ({ratio / hard[0]:.3f}x Hardswish)" if "HardSiLU" in label else ""
+            target = TARGET[precision] if label.startswith("LA-SiLU, 'cpu'") else None
+            verdict = f"; target <= {target}x: {'met' if ratio <= target else 'NOT met'}" if target else ""
+            print(f"{precision} step {label}: {ratio:.3f}x SiLU (range {lo:.3f}-{hi:.3f}), "
+                  f"median {seconds * 1e3:.1f} ms{versus}{verdict}", flush=True)
     return 0
 
 

@@ -11,7 +11,7 @@ import platform
 import random
 import statistics
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -41,6 +41,26 @@ def interleaved_medians(cases: Dict[str, Callable[[], object]], rounds: int, war
             sync()
             times[name].append(clock() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def repeated_ratios(cases: Dict[str, Callable[[], object]], baseline: str, rounds: int, repeats: int,
+                    sync: Optional[Callable[[], None]] = None,
+                    clock: Callable[[], float] = time.perf_counter) -> Dict[str, Tuple[float, float, float, float]]:
+    """name -> (median ratio to `baseline`, lowest, highest, median seconds) over `repeats` repetitions.
+
+    Each repetition is one `interleaved_medians` measurement (with its own shuffle order), so the
+    range says how far one repetition's ratio can stray on this machine.
+    """
+    ratios: Dict[str, List[float]] = {name: [] for name in cases}
+    seconds: Dict[str, List[float]] = {name: [] for name in cases}
+    for repeat in range(repeats):
+        times = interleaved_medians(cases, rounds, warmup=1 if repeat == 0 else 0, sync=sync, seed=repeat,
+                                    clock=clock)
+        for name, value in times.items():
+            ratios[name].append(value / times[baseline])
+            seconds[name].append(value)
+    return {name: (statistics.median(r), min(r), max(r), statistics.median(seconds[name]))
+            for name, r in ratios.items()}
 
 
 def rounds_for(cases: Dict[str, Callable[[], object]], budget_s: float, lo: int = 5, hi: int = 50,

@@ -6,9 +6,12 @@ the flags and the CPU, so a rebuild happens only when one of them changes; it is
 ctypes, which needs no PyTorch headers and builds in about a second. Without a compiler,
 `available` raises and the dispatch falls back to the eager backend with one warning.
 
-float32 tensors run in C (contiguous and channels_last ones in place, others from a contiguous
-copy), one OpenMP thread team of torch.get_num_threads() threads, shared with PyTorch's own;
-other dtypes (half precision, float64) and empty tensors are handed to the eager backend.
+float32, bfloat16 and float16 tensors run in C (contiguous and channels_last ones in place, others
+from a contiguous copy), one OpenMP thread team of torch.get_num_threads() threads, shared with
+PyTorch's own. Half precision is converted to float32 in the kernel as it is read, so statistics
+and arithmetic are float32 as in the eager backend; affine parameters may be float32 (as CPU
+autocast keeps them) or the input's dtype, and their gradients come back in their own dtype.
+float64 and empty tensors are handed to the eager backend.
 """
 from __future__ import annotations
 
@@ -22,17 +25,18 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
+from ..catalogue import kernel_code
 from . import torch_ops
 from .layout import dense_layout, sample_geometry
 
 NAME = "cpu"
 SOURCE = Path(__file__).with_name("layeract_cpu.c")
-_KIND_CODE = {"silu": 0, "hardsilu": 1}
+DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # the element types the C code reads
 # Fast-math pieces that let the compiler vectorise sums and clamps (the C source handles NaN and
 # inf itself), without -ffast-math itself: on gcc < 13 that links crtfastmath.o, which would
 # switch the whole process to flush-denormals-to-zero.
@@ -86,10 +90,15 @@ def _compile(compiler: List[str], flags: List[str], target: Path) -> Optional[st
             os.remove(tmp)
 
 
-def build() -> Path:
-    """The path of the compiled library, compiling it first if it is not cached yet."""
+def build(extra_flags: Sequence[str] = ()) -> Path:
+    """The path of the compiled library, compiling it first if it is not cached yet.
+
+    extra_flags go to the compiler after the usual ones (the tests build with -DLAYERACT_PORTABLE
+    to check the conversions that machines without F16C or AVX512-BF16 use).
+    """
     compiler = find_compiler()
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(compiler), " ".join(_BASE_FLAGS),
+    base = _BASE_FLAGS + list(extra_flags)
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(compiler), " ".join(base),
                                     repr(_OPTIONAL_FLAGS), _cpu_id()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"layeract_cpu-{key}.so"
     if target.exists():
@@ -101,25 +110,28 @@ def build() -> Path:
                            f"writable folder") from err
     complaint = None
     for extra in _OPTIONAL_FLAGS:
-        complaint = _compile(compiler, _BASE_FLAGS + extra, target)
+        complaint = _compile(compiler, base + extra, target)
         if complaint is None:
             return target
     raise RuntimeError(f"compiling {SOURCE.name} with {' '.join(compiler)} failed: {complaint}")
 
 
 @functools.lru_cache(maxsize=None)
-def library() -> ctypes.CDLL:
-    path = build()
+def library(extra_flags: Tuple[str, ...] = ()) -> ctypes.CDLL:
+    path = build(extra_flags)
     try:
         lib = ctypes.CDLL(str(path))
     except OSError:  # a truncated or corrupt cached library (e.g. a killed copy): rebuild it once
         path.unlink(missing_ok=True)
-        lib = ctypes.CDLL(str(build()))
+        lib = ctypes.CDLL(str(build(extra_flags)))
     ptr, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
-    lib.layeract_forward.argtypes = [ptr] * 6 + [i64] * 4 + [f32, i32, i32]
+    lib.layeract_forward.argtypes = [ptr] * 6 + [i64] * 4 + [f32, i32, i32, i32]
     lib.layeract_forward.restype = None
-    lib.layeract_backward.argtypes = [ptr] * 9 + [i64] * 4 + [i32, i32]
+    lib.layeract_backward.argtypes = [ptr] * 9 + [i64] * 4 + [i32, i32, i32]
     lib.layeract_backward.restype = i32
+    for convert in (lib.layeract_to_float, lib.layeract_from_float):
+        convert.argtypes = [ptr, ptr, i64, i32]
+        convert.restype = None
     return lib
 
 
@@ -130,23 +142,19 @@ def available(device: torch.device) -> bool:
     return True
 
 
-def _runs_in_c(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor]) -> bool:
-    # written for speed: it runs twice per call, and small activations are dominated by such overhead
-    return (x.dtype == torch.float32 and x.is_cpu and x.numel() > 0
-            and (weight is None or weight.dtype == torch.float32) and (bias is None or bias.dtype == torch.float32))
-
-
 def _ptr(t: Optional[Tensor]) -> Optional[int]:
     return None if t is None else t.data_ptr()
 
 
 def _param(p: Optional[Tensor]) -> Optional[Tensor]:
-    return None if p is None else p.detach().contiguous()
+    """The parameter as the kernel reads it: float32, contiguous (a no-op for autocast's float32 parameters)."""
+    return None if p is None else p.detach().to(torch.float32).contiguous()
 
 
 def forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], kind: str, alpha: float,
             start_dim: int) -> Tuple[Tensor, Tensor, Tensor]:
-    if not _runs_in_c(x, weight, bias):
+    dtype = DTYPE_CODE.get(x.dtype)
+    if dtype is None or not x.is_cpu or x.numel() == 0:
         return torch_ops.forward(x, weight, bias, kind, alpha, start_dim)
     xd, fmt = dense_layout(x, start_dim)
     rows, length, channels, inner = sample_geometry(xd, start_dim, fmt)
@@ -155,27 +163,30 @@ def forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], kind: s
     rstd = torch.empty(rows, dtype=torch.float32)
     weight, bias = _param(weight), _param(bias)
     library().layeract_forward(xd.data_ptr(), out.data_ptr(), mean.data_ptr(), rstd.data_ptr(), _ptr(weight),
-                               _ptr(bias), rows, length, channels, inner, alpha, _KIND_CODE[kind],
+                               _ptr(bias), rows, length, channels, inner, alpha, kernel_code(kind), dtype,
                                torch.get_num_threads())
     return out, mean, rstd
 
 
 def backward(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
              kind: str, start_dim: int) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-    if not _runs_in_c(x, weight, bias) or grad.dtype != torch.float32:
+    dtype = DTYPE_CODE.get(x.dtype)
+    if dtype is None or not x.is_cpu or x.numel() == 0:
         return torch_ops.backward(grad, x, mean, rstd, weight, bias, kind, start_dim)
     xd, fmt = dense_layout(x, start_dim)
-    g = grad.contiguous(memory_format=fmt or torch.contiguous_format)
+    g = grad.to(x.dtype).contiguous(memory_format=fmt or torch.contiguous_format)
     rows, length, channels, inner = sample_geometry(xd, start_dim, fmt)
     dx = torch.empty_like(xd)
-    weight, bias = _param(weight), _param(bias)
+    w, b = _param(weight), _param(bias)
     dweight = dbias = None
     if weight is not None:
         dweight = torch.empty(channels, dtype=torch.float32)
         dbias = torch.empty(channels, dtype=torch.float32)
-    status = library().layeract_backward(g.data_ptr(), xd.data_ptr(), mean.data_ptr(), rstd.data_ptr(), _ptr(weight),
-                                         _ptr(bias), dx.data_ptr(), _ptr(dweight), _ptr(dbias), rows, length, channels,
-                                         inner, _KIND_CODE[kind], torch.get_num_threads())
+    status = library().layeract_backward(g.data_ptr(), xd.data_ptr(), mean.data_ptr(), rstd.data_ptr(), _ptr(w),
+                                         _ptr(b), dx.data_ptr(), _ptr(dweight), _ptr(dbias), rows, length, channels,
+                                         inner, kernel_code(kind), dtype, torch.get_num_threads())
     if status != 0:
         raise MemoryError("layeract_patch: the CPU kernel could not allocate its gradient buffers")
+    if weight is not None:
+        dweight, dbias = dweight.to(weight.dtype), dbias.to(bias.dtype)
     return dx, dweight, dbias

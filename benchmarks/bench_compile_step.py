@@ -1,0 +1,92 @@
+"""A torch.compile'd CIFAR ResNet training step with LA-SiLU beside the compiled SiLU step, in one process.
+
+    python benchmarks/bench_compile_step.py                     # ResNet-20, batch 128, fp32, CPU
+    python benchmarks/bench_compile_step.py --batch 32 --budget 10 --repeats 3
+
+Issue 12's targets: the compiled LA-SiLU step at most 1.15x the compiled SiLU step, zero graph breaks
+(`torch._dynamo.explain`), and LayerAct's fused op visible in the graph (`torch.ops.layeract.layer_act`),
+so compiling keeps the fused kernel instead of tracing the plain formula. The eager LA-SiLU step is timed
+too: compiling should not make LayerAct slower than not compiling. Compilation itself (a minute or two per
+model on 2 cores) is done before timing and not counted.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from timing import machine, pin_heap, repeated_ratios, rounds_for
+
+from layeract_patch.models import cifar_resnet
+
+TARGET = 1.15
+
+
+def make_step(act: str, depth: int, images, labels, compiled: bool):
+    torch.manual_seed(0)
+    model = cifar_resnet(depth=depth, num_classes=10, act=act, norm="bn").train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    net = torch.compile(model) if compiled else model
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(net(images), labels).backward()
+        optimizer.step()
+    return model, step
+
+
+def graph_facts(model, images) -> tuple:
+    """(graph breaks, LayerAct op nodes) of the model's forward as dynamo sees it."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(images)
+    ops = sum(1 for graph in explanation.graphs for node in graph.graph.nodes
+              if node.op == "call_function" and "layeract" in str(node.target))
+    torch._dynamo.reset()
+    return explanation.graph_break_count, ops
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depth", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--budget", type=float, default=30.0, help="seconds of timing per repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pin_heap()
+    torch.manual_seed(0)
+    images, labels = torch.randn(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
+
+    la_model, _ = make_step("la_silu", args.depth, images, labels, compiled=False)
+    breaks, ops = graph_facts(la_model, images)
+    print(f"# {machine()}")
+    print(f"compiled LA-SiLU ResNet-{args.depth}: {breaks} graph break(s), {ops} layeract op node(s) "
+          f"in the forward graph (target: 0 breaks, the op present)")
+
+    cases = {
+        "SiLU, compiled": make_step("silu", args.depth, images, labels, compiled=True)[1],
+        "LA-SiLU, compiled": make_step("la_silu", args.depth, images, labels, compiled=True)[1],
+        "LA-SiLU, eager": make_step("la_silu", args.depth, images, labels, compiled=False)[1],
+    }
+    for step in cases.values():  # compile (forward and backward) before anything is timed
+        step()
+        step()
+    rounds = rounds_for(cases, args.budget, lo=3, hi=30)
+    results = repeated_ratios(cases, "SiLU, compiled", rounds, args.repeats)
+    print(f"ResNet-{args.depth} training step, batch {args.batch}, fp32, {torch.get_num_threads()} thread(s), "
+          f"{args.repeats} repeats x {rounds} interleaved rounds; ratio to the compiled SiLU step, median "
+          f"(lowest-highest)")
+    for name, (ratio, lo, hi, seconds) in results.items():
+        mark = f"  (target <= {TARGET}x)" if name == "LA-SiLU, compiled" else ""
+        print(f"  {name:20s} {seconds * 1e3:7.1f} ms  {ratio:.2f}x ({lo:.2f}-{hi:.2f}){mark}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
