@@ -416,3 +416,15 @@ def test_a_corrupt_cached_kernel_is_rebuilt_once(compiled, fresh_dispatch, monke
         x = torch.randn(2, 3, 4)
         torch.testing.assert_close(layer_act(x, "silu"), la_reference(x, "silu"))
     assert path.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("name", ["torch", "cpu"])
+@pytest.mark.parametrize("kind", ["silu", "hardsilu"])
+def test_a_sample_spanning_all_of_float32_stays_finite(name, kind, fresh_dispatch):
+    # x - mean overflows float32 here; the C kernel's double re-sum cannot help, the op hands it to the eager ops
+    set_backend(name)
+    x = torch.tensor([[3.0e38, -3.0e38, 1.0, 2.0], [1e19, -2e19, 3e19, 0.0]], requires_grad=True)
+    out = layer_act(x, kind, 1e-5, None, None)
+    (dx,) = torch.autograd.grad(out.sum(), x)
+    assert out.isfinite().all() and dx.isfinite().all()
+    torch.testing.assert_close(out.double(), la_reference(x.detach().double(), kind), rtol=1e-5, atol=0)

@@ -39,7 +39,6 @@ _is_compiling = torch.compiler.is_compiling
 _special = torch._C._dispatch_isTensorSubclassLike
 # scale kinds the fused kernels have a case for; others (a new variant) run on the eager ops
 FUSED_KINDS = frozenset(r.kind for r in CATALOGUE.values() if r.layer_act and r.kernel_code is not None)
-_SAFE_RSTD = 1e-15  # 1 / the largest per-sample spread (std) the fused kernels are trusted with
 
 
 def _forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], kind: str, alpha: float,
@@ -48,7 +47,8 @@ def _forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], kind: 
     backend = select(x) if kind in FUSED_KINDS else torch_ops
     result = backend.forward(x, weight, bias, kind, alpha, start_dim)
     if backend is not torch_ops and x.is_cpu and result[1].numel() and _too_spread(result[2]):
-        # the fused kernels' float sums may overflow here (rstd 0 or NaN); the eager ops scale such samples.
+        # The C kernel re-sums overflowing blocks in double, but a sample spanning nearly all of float32
+        # (x - mean itself overflows) still ends with rstd 0 or NaN; the eager ops rescale such samples.
         # NaN and inf inputs give NaN samples in every backend: those keep the kernel's result.
         return (torch_ops.forward(x, weight, bias, kind, alpha, start_dim) if bool(x.isfinite().all())
                 else result), torch_ops
@@ -56,8 +56,8 @@ def _forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], kind: 
 
 
 def _too_spread(rstd: Tensor) -> bool:
-    # One reduction over the rows, on CPU only: on CUDA it would wait for the kernel.
-    return not float(rstd.min()) >= _SAFE_RSTD
+    # One reduction over the rows, on CPU only: on CUDA it would wait for the kernel. NaN fails the test too.
+    return not float(rstd.min()) > 0
 
 
 def _backward_kernel(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Optional[Tensor],
