@@ -244,3 +244,34 @@ def test_smoke_preset_runs_resumes_and_reports(tmp_path, capsys, monkeypatch):
     assert (restarted / "results.json").is_file() and not (restarted / "stale.txt").exists()
     with open(out / "runs.csv") as f:
         assert sorted(r["run_dir"] for r in csv.DictReader(f)) == sorted(r["run_dir"] for r in rows)
+
+
+def test_a_background_study_stops_on_sigterm_and_its_run_can_continue(tmp_path):
+    # Started as `cmd &` from a script, the runner has SIGINT ignored; SIGTERM must still stop it cleanly:
+    # the running recipe saves a checkpoint (exit 130), nothing new starts, and no process is left behind.
+    import os
+    import signal
+    import time
+
+    data = make_imagefolder(tmp_path / "data", classes=3, per_class=(10, 4))
+    out = tmp_path / "study"
+    command = [sys.executable, str(REPRODUCE), "--preset", "smoke", "--acts", "relu", "--seeds", "0", "1",
+               "--max-iter", "100000", "--data-dir", str(data), "--out", str(out), "--threads", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    runner = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    log = out / "logs" / "cifar_resnet8_bn_he_relu_cifar10_it100000_s0.log"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.is_file() and "seed 0 " in log.read_text()):
+        time.sleep(0.2)
+    assert runner.poll() is None, runner.stdout.read()
+    runner.send_signal(signal.SIGTERM)
+    output, _ = runner.communicate(timeout=120)
+    assert runner.returncode == 130, output
+    assert "interrupted; run the same command again to continue" in output
+    meta = json.loads((out / "meta" / "cifar_resnet8_bn_he_relu_cifar10_it100000_s0.json").read_text())
+    assert [a["returncode"] for a in meta["attempts"]] == [130]
+    assert (out / "runs" / "cifar_resnet8_bn_he_relu_cifar10_it100000_s0" / "seed_0" / "checkpoint.pt").is_file()
+    assert not (out / "logs" / "cifar_resnet8_bn_he_relu_cifar10_it100000_s1.log").exists()  # nothing new started
+    dry = subprocess.run(command + ["--dry-run"], env=env, capture_output=True, text=True)
+    assert "resume cifar_resnet8_bn_he_relu_cifar10_it100000_s0" in dry.stdout

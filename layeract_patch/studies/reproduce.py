@@ -19,11 +19,13 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -126,6 +128,34 @@ def _code_version(root: Path) -> str:
     return (commit + ("+changes" if changed else "")) if commit else "unknown"
 
 
+_running: Dict[int, subprocess.Popen] = {}  # pid -> the recipe processes running now
+_running_lock = threading.RLock()  # re-entrant: the signal handler may run while the main thread holds it
+
+
+@contextmanager
+def _stoppable():
+    """SIGINT and SIGTERM stop the study as Ctrl-C does, also when it was started in the background (a shell
+    starts `cmd &` with SIGINT ignored, and the recipes would inherit that). SIGTERM, sent to the runner
+    alone, is passed on to the running recipes as SIGINT so they checkpoint; Ctrl-C reaches them directly."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        if signum == signal.SIGTERM:
+            with _running_lock:
+                for process in _running.values():
+                    process.send_signal(signal.SIGINT)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _launch(item: Planned, config: StudyConfig, stop: threading.Event) -> Dict:
     """Run one recipe subprocess to its end; record its meta file. Returns {"name", "returncode", ...}."""
     spec, run_dir = item.spec, config.run_dir(item.spec)
@@ -142,8 +172,17 @@ def _launch(item: Planned, config: StudyConfig, stop: threading.Event) -> Dict:
     with open(log_path, "a") as log:
         log.write(f"$ {shell_command(item.command, config.threads)}\n")
         log.flush()
-        returncode = subprocess.run(item.command, stdout=log, stderr=subprocess.STDOUT, env=config.env(),
-                                    cwd=config.recipes_root).returncode
+        with _running_lock:
+            if stop.is_set():
+                return {"name": spec.name, "returncode": None}
+            process = subprocess.Popen(item.command, stdout=log, stderr=subprocess.STDOUT, env=config.env(),
+                                       cwd=config.recipes_root)
+            _running[process.pid] = process
+        try:
+            returncode = process.wait()
+        finally:
+            with _running_lock:
+                _running.pop(process.pid, None)
     wall = time.perf_counter() - start
     meta = {
         "spec": {**asdict(spec), "name": spec.name},
@@ -197,8 +236,8 @@ def rebuild_runs_csv(out: Path) -> List[Dict]:
 def run_study(specs: Sequence[RunSpec], config: StudyConfig, log=print) -> Dict:
     """Run every unfinished run (`config.jobs` at a time), keep runs.csv current; returns counts and failures.
 
-    Ctrl-C: the running recipes save a checkpoint and stop (they receive the same signal), no new run
-    starts, and the same command later continues where this one stopped.
+    Ctrl-C (or SIGTERM to the runner): the running recipes save a checkpoint and stop, no new run starts,
+    and the same command later continues where this one stopped.
     """
     planned = plan(specs, config)
     # Seed-major order: every configuration's seed 0 first, so a study stopped part-way has balanced groups.
@@ -209,7 +248,7 @@ def run_study(specs: Sequence[RunSpec], config: StudyConfig, log=print) -> Dict:
         f"{config.jobs} at a time, {config.threads} thread(s) each")
     stop = threading.Event()
     failures, finished, interrupted = [], 0, False
-    with ThreadPoolExecutor(max_workers=config.jobs) as pool:
+    with _stoppable(), ThreadPoolExecutor(max_workers=config.jobs) as pool:
         futures = [pool.submit(_launch, item, config, stop) for item in todo]
         try:
             for future in as_completed(futures):
@@ -231,7 +270,8 @@ def run_study(specs: Sequence[RunSpec], config: StudyConfig, log=print) -> Dict:
                         f"(exit {result['returncode']}): {result['error']}")
         except KeyboardInterrupt:
             interrupted = True
-            stop.set()  # pending runs return at once; running recipes got the signal too and checkpoint
+            with _running_lock:
+                stop.set()  # pending runs return at once; running recipes got the signal too and checkpoint
             for future in futures:
                 future.cancel()
     rebuild_runs_csv(config.out)
