@@ -68,7 +68,8 @@ class SideEffect(nn.Module):
 
 def test_in_place_activation_called_for_its_side_effect_is_refused():
     x = torch.randn(2, 3, 5, 5)
-    for kwargs in (dict(example_input=x), dict(example_input=x, affine=True), dict(affine=True)):  # forward or trace
+    # an example forward, a trace (affine sizing), or, for a plain swap, reading the forward's source
+    for kwargs in (dict(example_input=x), dict(example_input=x, affine=True), dict(affine=True), {}):
         model = SideEffect()
         with pytest.raises(ValueError, match=r"(?s)act \(ReLU\(inplace=True\)\).*side effect.*y = self\.act\(y\)"):
             convert_activations(model, **kwargs)
@@ -76,6 +77,29 @@ def test_in_place_activation_called_for_its_side_effect_is_refused():
     model, report = convert_activations(SideEffect(), example_input=x, return_report=True,
                                         filter_fn=lambda module, fqn: fqn != "act")  # the fix the message names
     assert isinstance(model.act, nn.ReLU) and [s.fqn for s in report.swapped] == ["out"]
+
+
+class BareCall(nn.Module):
+    """The issue's reproducer: `y = self.conv(x); self.act(y); return y`."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.act = nn.Conv2d(3, 4, 1), nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        y = self.conv(x)
+        self.act(y)
+        return y
+
+
+def test_a_bare_in_place_call_is_refused_without_example_input_or_trace():
+    model = BareCall()
+    with pytest.raises(ValueError, match=r"(?s)act \(ReLU\(inplace=True\)\).*y = self\.act\(y\)"):
+        convert_activations(model)
+    assert isinstance(model.act, nn.ReLU)
+    for build in (lambda: torchvision.models.resnet18(num_classes=10), lambda: torchvision.models.mobilenet_v3_small(),
+                  lambda: torchvision.models.densenet121()):  # in-place activations whose results are used
+        convert_activations(build())
 
 
 def test_in_place_activations_whose_results_are_used_convert_quietly():

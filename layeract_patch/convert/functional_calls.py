@@ -6,8 +6,11 @@ rewrite them into activation modules that the swap then converts.
 """
 from __future__ import annotations
 
+import ast
 import dis
+import functools
 import inspect
+import textwrap
 from types import CodeType
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -20,7 +23,7 @@ from .targets import Targets, is_activation
 from .tracing import discarded_calls, node_scope, trace
 from .wrappers import is_wrapper, strip_wrappers, unwrap
 
-__all__ = ["find_in_code", "find_by_tracing", "rewrite"]
+__all__ = ["find_in_code", "discarded_in_code", "find_by_tracing", "rewrite"]
 
 _HOOK_ATTRS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs")
 
@@ -86,6 +89,47 @@ def find_in_code(root: nn.Module, report: ConversionReport) -> None:
             per_code[code] = _labels_in_code(code, getattr(forward, "__globals__", {}), sources, methods)
         report.functional += [FunctionalCall(strip_wrappers(fqn), label, "found in its forward's code, not converted")
                               for label in per_code[code]]
+
+
+def discarded_in_code(slots: Dict[int, List[Any]]) -> Dict[int, Tuple[str, nn.Module]]:
+    """In-place activations whose parent's forward throws their result away (`self.act(y)` as a statement, or
+    `unused = self.act(y)` never read), read from the source: no trace, no forward. A plain swap's check; it
+    cannot see calls without source or through another name (an example_input sees those)."""
+    found: Dict[int, Tuple[str, nn.Module]] = {}
+    for key, module_slots in slots.items():
+        for slot in module_slots:
+            if slot.parent is not None and getattr(slot.child, "inplace", False) \
+                    and slot.name in _discarded_self_calls(type(slot.parent)):
+                found[key] = (slot.fqn, slot.child)
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def _discarded_self_calls(cls: type) -> frozenset:
+    """Attribute names `a` whose call `self.a(...)` in cls.forward has its result discarded."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(inspect.unwrap(cls.forward))))
+    except (OSError, TypeError, SyntaxError):  # no source (C, REPL, generated): nothing to read
+        return frozenset()
+    function = tree.body[0]
+    if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)) or not function.args.args:
+        return frozenset()
+    self_name = function.args.args[0].arg
+    read = {node.id for node in ast.walk(function) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+
+    def self_call(value: ast.AST) -> Optional[str]:
+        func = value.func if isinstance(value, ast.Call) else None
+        return func.attr if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) \
+            and func.value.id == self_name else None
+
+    names = set()
+    for node in ast.walk(function):
+        if isinstance(node, ast.Expr) and self_call(node.value):
+            names.add(self_call(node.value))
+        elif isinstance(node, ast.Assign) and self_call(node.value) and all(
+                isinstance(t, ast.Name) and t.id not in read for t in node.targets):
+            names.add(self_call(node.value))
+    return frozenset(names)
 
 
 def _node_source(node: fx.Node, sources, methods) -> Optional[Tuple[str, type, bool]]:

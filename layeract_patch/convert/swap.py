@@ -17,7 +17,7 @@ from torch import nn
 from ..modules import LayerAct
 from .call_sites import CallSiteActs
 from .example_forward import record
-from .functional_calls import find_by_tracing, find_in_code, rewrite
+from .functional_calls import discarded_in_code, find_by_tracing, find_in_code, rewrite
 from .report import ConversionReport, Skip, Swap
 from .sizing import size_affine
 from .targets import Targets, gate_types, is_activation, resolve_targets
@@ -111,6 +111,8 @@ def convert_activations(model: nn.Module, to: Union[str, type, Mapping[type, Any
         with contextlib.suppress(Exception):  # untraceable: only the structural rules size affine sites
             traced = trace(unwrap(root), targets.leaves())
             discarded = discarded_calls(*traced)
+    if recorded is None and traced is None and inner:  # no forward ran and nothing was traced: read the code
+        discarded = {**discarded_in_code(chosen), **discarded}
     _refuse_discarded(chosen, discarded)
     replacements = {key: (target.build(chosen[key][0].child), target.cls.__name__)
                     for key, target in plan.items() if not target.affine}
