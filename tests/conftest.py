@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from layeract_patch._kernels import cpu_kernel
+
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -10,3 +12,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def compiled():
+    """The C kernel's library; a machine without a C compiler skips (the fallback has its own test)."""
+    try:
+        return cpu_kernel.library()
+    except RuntimeError as err:
+        pytest.skip(f"the CPU kernel cannot be built here: {err}")

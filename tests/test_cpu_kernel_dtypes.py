@@ -5,7 +5,6 @@ inputs, with tolerances of a few units in the last place of the half-precision o
 """
 import pytest
 import torch
-import torch.nn.functional as F
 
 from layeract_patch import LASiLU, la_reference, layer_act, set_backend
 from layeract_patch._kernels import cpu_kernel, torch_ops
@@ -14,14 +13,6 @@ KINDS = ("silu", "hardsilu")
 HALF = (torch.bfloat16, torch.float16)
 # relative tolerance: a few units of the output's last place (bfloat16 has 8 bits, float16 11)
 RTOL = {torch.bfloat16: 2e-2, torch.float16: 4e-3}
-
-
-@pytest.fixture
-def compiled():
-    try:
-        return cpu_kernel.library()
-    except RuntimeError as err:
-        pytest.skip(f"the CPU kernel cannot be built here: {err}")
 
 
 @pytest.fixture

@@ -17,15 +17,6 @@ KINDS = ("silu", "hardsilu")
 
 
 @pytest.fixture
-def compiled():
-    """The C kernel's library; a machine without a C compiler skips (the fallback has its own test)."""
-    try:
-        return cpu_kernel.library()
-    except RuntimeError as err:
-        pytest.skip(f"the CPU kernel cannot be built here: {err}")
-
-
-@pytest.fixture
 def cpu_backend(compiled, monkeypatch):
     """Force the C kernel, and make sure float32 work never slips through to the eager ops."""
     def eager(*args, **kwargs):

@@ -2,7 +2,6 @@
 import csv
 import json
 import math
-import runpy
 import shutil
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from layeract_patch.studies import presets
 from layeract_patch.studies.report import build_report, group_runs, read_runs
 from layeract_patch.studies.reproduce import RUN_COLUMNS
 from layeract_patch.studies.stats import betainc, confidence_interval, t_cdf, t_quantile, t_two_sided_p, welch_test
+from test_recipes import recipe
 from test_training import make_imagefolder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,17 +22,7 @@ REPRODUCE = ROOT / "recipes" / "reproduce.py"
 
 def reproduce(*args, capsys=None):
     """`python recipes/reproduce.py args...`, in this process (the runs themselves are subprocesses)."""
-    argv = sys.argv
-    sys.argv = [REPRODUCE.name, *map(str, args)]
-    try:
-        runpy.run_path(str(REPRODUCE), run_name="__main__")
-        code = 0
-    except SystemExit as done:
-        code = done.code
-    finally:
-        sys.argv = argv
-    out, err = capsys.readouterr() if capsys else ("", "")
-    return code, out, err
+    return recipe(REPRODUCE, *args, capsys=capsys)
 
 
 # --- statistics, against closed forms and published tables -----------------------------------------------
