@@ -39,6 +39,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each run")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast in every run")
+    parser.add_argument("--eval-corruptions", action="store_true",
+                        help="also evaluate every run on the 19 CIFAR-C corruptions (severities 1-5; finished runs "
+                             "are evaluated without retraining) and add a robustness table to the report")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their commands, run nothing")
     parser.add_argument("--report-only", action="store_true", help="only rebuild report.md from --out/runs.csv")
     parser.add_argument("--no-figures", action="store_true", help="write report.md without figures")
@@ -59,10 +62,10 @@ def main(args: argparse.Namespace) -> int:
                            models=args.models, max_iter=args.max_iter)
     config = StudyConfig(out=args.out or Path("runs") / f"study_{args.preset}", data_dir=args.data_dir,
                          data_dir_cifar100=args.data_dir_cifar100, jobs=args.jobs, threads=args.threads,
-                         amp=args.amp, device=args.device)
+                         amp=args.amp, device=args.device, eval_corruptions=args.eval_corruptions)
     if args.dry_run:
         for item in plan(specs, config):
-            print(f"{item.status:6} {item.spec.name}" + (f"\n       {shell_command(item.command, config.threads)}" if item.command else ""))
+            print(f"{item.status:8} {item.spec.name}" + (f"\n         {shell_command(item.command, config.threads)}" if item.command else ""))
         return 0
     for needed in {config.data_for(spec) for spec in specs}:
         if not needed.exists():

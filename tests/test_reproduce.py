@@ -1,6 +1,7 @@
 """The study runner (recipes/reproduce.py): its statistics, its report, and the smoke preset end to end."""
 import csv
 import json
+import re
 import math
 import shutil
 import subprocess
@@ -72,12 +73,13 @@ def test_welch_and_confidence_interval_by_hand():
 
 # --- the report from a hand-written runs.csv -----------------------------------------------------------------
 
-def write_runs_csv(path, runs):
+def write_runs_csv(path, runs, corruptions=None):
+    """runs: (act, seed, top1, loss std); corruptions: (act, seed) -> {"c_total": ..., ...} for some runs."""
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=RUN_COLUMNS, restval="")
         writer.writeheader()
         for act, seed, top1, loss_std in runs:
-            writer.writerow(dict(model="cifar_resnet", depth=20, norm="bn", act=act, init="he", seed=seed,
+            writer.writerow(dict(**(corruptions or {}).get((act, seed), {}), model="cifar_resnet", depth=20, norm="bn", act=act, init="he", seed=seed,
                                  dataset="cifar10", iterations=2500, test_top1=top1, test_loss=0.5,
                                  test_loss_std=loss_std, max_iter=2500, milestones="1250 1875", lr=0.1,
                                  batch_size=128, eval_every=250, data_dir="/data/cifar10",
@@ -124,6 +126,22 @@ def test_report_statistics_from_a_hand_written_csv(tmp_path):
     (tmp_path / "logs" / f"{name}.log").write_text("...\ncifar_resnet.py: error: training diverged: loss nan\n")
     text = build_report(tmp_path, figures=False).read_text()
     assert f"- `{name}`: exit 1: cifar_resnet.py: error: training diverged: loss nan" in text
+
+
+def test_report_robustness_table_from_a_hand_written_csv(tmp_path):
+    runs = [("relu", 0, 90.0, 1.5), ("relu", 1, 91.0, 1.6), ("silu", 0, 92.0, 1.6), ("silu", 1, 93.0, 1.6),
+            ("la_silu", 0, 93.0, 1.3), ("la_silu", 1, 94.0, 1.4)]
+    groups = dict(c_clean=90.0, c_noise=50.0, c_blur=60.0, c_digital=70.0, c_weather=75.0, c_extra=72.0)
+    totals = {("silu", 0): 70.0, ("silu", 1): 71.0, ("la_silu", 0): 72.0, ("la_silu", 1): 74.0}
+    write_runs_csv(tmp_path / "runs.csv", runs, {key: dict(groups, c_total=t) for key, t in totals.items()})
+    text = build_report(tmp_path, figures=False).read_text()
+    assert "| activation | n | clean | Total | Noise | Blur | Digital | Weather | Extra | p(Total) vs SiLU |" in text
+    p = welch_test([72.0, 74.0], [70.0, 71.0]).p  # t = 2.5 / sqrt(1.25) = 2.236, df = 1.47
+    assert f"| LA-SiLU | 2 | 90.00 ± 0.00 | 73.00 ± 1.41 | 50.00 ± 0.00 |" in text
+    assert f"LA-SiLU vs SiLU, corrupted top-1 (Total): +2.50 points, p={p:.2g}: not significant" in text
+    assert "| ReLU |" not in text.split("Robustness:")[1]  # ReLU's runs were not evaluated: no row, no test
+    write_runs_csv(tmp_path / "runs.csv", runs)  # no run evaluated: no robustness table at all
+    assert "Robustness:" not in build_report(tmp_path, figures=False).read_text()
 
 
 def test_report_figures_or_a_note_without_matplotlib(tmp_path):
@@ -235,6 +253,18 @@ def test_smoke_preset_runs_resumes_and_reports(tmp_path, capsys, monkeypatch):
     with open(out / "runs.csv") as f:
         assert sorted(r["run_dir"] for r in csv.DictReader(f)) == sorted(r["run_dir"] for r in rows)
 
+    # --eval-corruptions on a finished study: each run is evaluated on CIFAR-C without training again.
+    code, stdout, err = reproduce(*args, "--acts", "la_silu", "--seeds", "0", "--eval-corruptions", capsys=capsys)
+    assert code == 0, err
+    assert "1 finished already" not in stdout and "1 to evaluate on CIFAR-C" in stdout
+    with open(out / "runs.csv") as f:
+        evaluated = [r for r in csv.DictReader(f) if r["c_total"]]
+    assert [(r["act"], r["seed"]) for r in evaluated] == [("la_silu", "0")]
+    results = json.loads((out / evaluated[0]["run_dir"] / "results.json").read_text())
+    assert float(evaluated[0]["c_total"]) == pytest.approx(results["corruptions"]["groups"]["Total"])
+    assert results["runs"][0]["iterations"] == 12  # not retrained
+    assert "Robustness: top-1 (%) on the test set under the 19 CIFAR-C corruptions" in (out / "report.md").read_text()
+
 
 def test_a_background_study_stops_on_sigterm_and_its_run_can_continue(tmp_path):
     # Started as `cmd &` from a script, the runner has SIGINT ignored; SIGTERM must still stop it cleanly:
@@ -264,4 +294,4 @@ def test_a_background_study_stops_on_sigterm_and_its_run_can_continue(tmp_path):
     assert (out / "runs" / "cifar_resnet8_bn_he_relu_cifar10_it100000_s0" / "seed_0" / "checkpoint.pt").is_file()
     assert not (out / "logs" / "cifar_resnet8_bn_he_relu_cifar10_it100000_s1.log").exists()  # nothing new started
     dry = subprocess.run(command + ["--dry-run"], env=env, capture_output=True, text=True)
-    assert "resume cifar_resnet8_bn_he_relu_cifar10_it100000_s0" in dry.stdout
+    assert re.search(r"resume +cifar_resnet8_bn_he_relu_cifar10_it100000_s0", dry.stdout)

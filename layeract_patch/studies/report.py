@@ -21,8 +21,12 @@ __all__ = ["read_runs", "Group", "ActStats", "group_runs", "build_report", "act_
 
 ALPHA = 0.05
 REFERENCES = ("silu", "relu")
+# CIFAR-C group means (see reproduce.CORRUPTION_COLUMNS), in the paper's order
+ROBUSTNESS = (("c_clean", "clean"), ("c_total", "Total"), ("c_noise", "Noise"), ("c_blur", "Blur"),
+              ("c_digital", "Digital"), ("c_weather", "Weather"), ("c_extra", "Extra"))
 _NUMERIC = ("depth", "seed", "iterations", "test_top1", "test_top5", "test_loss", "test_loss_std", "val_top1",
-            "wall_seconds", "train_seconds", "max_iter", "lr", "batch_size", "eval_every")
+            "wall_seconds", "train_seconds", "max_iter", "lr", "batch_size", "eval_every",
+            *(column for column, _ in ROBUSTNESS))
 
 
 def read_runs(path) -> List[Dict]:
@@ -182,6 +186,34 @@ def _table(group: Group) -> List[str]:
     return lines
 
 
+def _robustness(group: Group) -> List[str]:
+    """The CIFAR-C table (the AAAI-2025 version's claim): group means over seeds, Welch's p of Total vs SiLU/ReLU."""
+    acts = [act for act in group.acts if _values(group.rows, act, "c_total")]
+    if not acts:
+        return []
+    lines = ["Robustness: top-1 (%) on the test set under the 19 CIFAR-C corruptions generated on the fly "
+             "(severities 1-5; `layeract_patch.corruptions`), group means as the paper's appendix groups them; "
+             "mean ± std over seeds.", "",
+             "| activation | n | " + " | ".join(label for _, label in ROBUSTNESS) + " | p(Total) vs SiLU | p(Total) vs ReLU |",
+             "|---|---|" + "---|" * (len(ROBUSTNESS) + 2)]
+    sentences = []
+    for act in acts:
+        cells = []
+        for column, _ in ROBUSTNESS:
+            values = _values(group.rows, act, column)
+            cells.append("–" if not values else f"{mean(values):.2f} ± {sample_std(values):.2f}")
+        total = _values(group.rows, act, "c_total")
+        tests = {ref: welch_test(total, _values(group.rows, ref, "c_total")) if ref != act else None
+                 for ref in REFERENCES}
+        lines.append(f"| {act_label(act)} | {len(total)} | " + " | ".join(cells)
+                     + f" | {_p(tests['silu'])} | {_p(tests['relu'])} |")
+        for ref, test in tests.items():
+            if test is not None and _compared(act, ref):
+                sentences.append(f"{act_label(act)} vs {act_label(ref)}, corrupted top-1 (Total): "
+                                 f"{test.difference:+.2f} points, p={_p(test)}: {_verdict(test)}.")
+    return lines + [""] + [f"- {s}" for s in sentences] + ([""] if sentences else [])
+
+
 def _schedule(group: Group) -> str:
     settings = sorted({(r["max_iter"], r["milestones"], r["batch_size"], r["lr"]) for r in group.rows},
                       key=str)
@@ -236,6 +268,7 @@ def build_report(out, figures: bool = True) -> Path:
         lines += _table(group) + ["", "What the data support:", ""]
         lines += [f"- {s}" for s in _sentences(group) or ["no comparison: one activation only."]]
         lines.append("")
+        lines += _robustness(group)
         if figures:
             made = [plot_early_loss(group, out), plot_accuracy(group, out)]
             if all(path is None for path in made):

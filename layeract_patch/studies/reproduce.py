@@ -11,7 +11,9 @@ study trains through exactly the code a user's recipe command does. Layout of OU
 
 Resume rule: runs/<name>/results.json -> finished, kept; runs/<name>/seed_<s>/checkpoint.pt -> continued
 with --resume; a run folder with neither (a run stopped before its first checkpoint) is cleared and the
-run starts again. So rerunning the same command finishes a study without repeating work.
+run starts again. So rerunning the same command finishes a study without repeating work. With
+eval_corruptions (`--eval-corruptions`), a finished run without CIFAR-C results is resumed only to be
+evaluated (the recipe's --eval-corruptions is a run-only setting: the training is not repeated).
 """
 from __future__ import annotations
 
@@ -36,9 +38,12 @@ from .presets import MODELS, RunSpec
 __all__ = ["StudyConfig", "Planned", "plan", "run_study", "rebuild_runs_csv", "shell_command", "RUN_COLUMNS", "REPO_ROOT"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# CIFAR-C group means (top-1 %, severities 1-5), when the run was evaluated on the corruptions
+CORRUPTION_COLUMNS = ("c_clean", "c_total", "c_noise", "c_blur", "c_digital", "c_weather", "c_extra")
 RUN_COLUMNS = ("model", "depth", "norm", "act", "init", "seed", "dataset", "iterations", "test_top1", "test_top5",
                "test_loss", "test_loss_std", "val_top1", "wall_seconds", "train_seconds", "max_iter",
-               "milestones", "lr", "batch_size", "eval_every", "amp", "data_dir", "run_dir", "command")
+               "milestones", "lr", "batch_size", "eval_every", "amp", "data_dir", "run_dir", "command",
+               *CORRUPTION_COLUMNS)
 
 
 @dataclass
@@ -50,6 +55,7 @@ class StudyConfig:
     threads: int = 1
     amp: bool = False
     device: str = "auto"
+    eval_corruptions: bool = False
     python: str = sys.executable
     recipes_root: Path = REPO_ROOT  # the folder holding recipes/
 
@@ -74,6 +80,8 @@ class StudyConfig:
             cmd += ["--device", self.device]
         if self.amp:
             cmd.append("--amp")
+        if self.eval_corruptions:
+            cmd.append("--eval-corruptions")
         return cmd + (["--resume"] if resume else [])
 
     def env(self) -> Dict[str, str]:
@@ -86,7 +94,7 @@ class StudyConfig:
 @dataclass
 class Planned:
     spec: RunSpec
-    status: str  # "done", "resume" or "start"
+    status: str  # "done", "evaluate" (trained; CIFAR-C results missing), "resume" or "start"
     command: List[str]
 
 
@@ -99,7 +107,9 @@ def plan(specs: Sequence[RunSpec], config: StudyConfig) -> List[Planned]:
     for spec in specs:
         run_dir = config.run_dir(spec)
         if (run_dir / "results.json").is_file():
-            planned.append(Planned(spec, "done", []))
+            evaluated = "corruptions" in _read_json(run_dir / "results.json")
+            planned.append(Planned(spec, "done", []) if evaluated or not config.eval_corruptions
+                           else Planned(spec, "evaluate", config.command(spec, resume=True)))
         elif (run_dir / f"seed_{spec.seed}" / "checkpoint.pt").is_file():
             planned.append(Planned(spec, "resume", config.command(spec, resume=True)))
         else:
@@ -228,9 +238,18 @@ def rebuild_runs_csv(out: Path) -> List[Dict]:
             "milestones": " ".join(map(str, milestones)), "lr": lr, "batch_size": schedule["batch_size"],
             "eval_every": min(schedule["eval_every"], schedule["max_iter"]), "amp": meta["amp"],
             "data_dir": meta["data_dir"], "run_dir": f"runs/{spec['name']}", "command": meta["command"],
+            **_corruption_cells(results),
         })
     write_csv(rows, out / "runs.csv", RUN_COLUMNS)
     return rows
+
+
+def _corruption_cells(results: Dict) -> Dict:
+    found = results.get("corruptions")
+    if not found:
+        return {}
+    groups = {f"c_{name.lower()}": value for name, value in found.get("groups", {}).items()}
+    return {"c_clean": found.get("clean", ""), **{c: groups.get(c, "") for c in CORRUPTION_COLUMNS[1:]}}
 
 
 def run_study(specs: Sequence[RunSpec], config: StudyConfig, log=print) -> Dict:
@@ -244,7 +263,9 @@ def run_study(specs: Sequence[RunSpec], config: StudyConfig, log=print) -> Dict:
     todo = sorted((item for item in planned if item.status != "done"), key=lambda item: item.spec.seed)
     config.out.mkdir(parents=True, exist_ok=True)
     log(f"{len(planned)} runs: {len(planned) - len(todo)} finished already, "
-        f"{sum(i.status == 'resume' for i in todo)} to resume, {sum(i.status == 'start' for i in todo)} to start; "
+        f"{sum(i.status == 'resume' for i in todo)} to resume, {sum(i.status == 'start' for i in todo)} to start"
+        + (f", {sum(i.status == 'evaluate' for i in todo)} to evaluate on CIFAR-C" if config.eval_corruptions else "")
+        + "; "
         f"{config.jobs} at a time, {config.threads} thread(s) each")
     stop = threading.Event()
     failures, finished, interrupted = [], 0, False
