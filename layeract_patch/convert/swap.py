@@ -63,8 +63,9 @@ def convert_activations(model: nn.Module, to: Union[str, type, Mapping[type, Any
             are restored after it. It records every call site (needed for affine with reused modules), the
             functional calls, and in-place activations called only for their side effect (`self.act(y)` with
             its result discarded): LayerAct is never in place, so those would silently stop acting, and
-            converting them raises a ValueError naming them. Without example_input they are caught only when
-            a trace runs (affine=True, functional="convert"), so pass one for a model you do not know.
+            converting them raises a ValueError naming them. Without example_input they are found by a
+            trace when one runs (affine=True, functional="convert"), else by reading the parent's forward
+            source (`self.act(y)` as a statement); pass an example_input for a model you do not know.
         functional: what to do with F.relu / F.silu / F.hardswish calls that no module swap reaches:
             "report" (default) lists them in the report and warns (found by the example forward, else by
             reading each module's forward code, which sees no helper functions); "convert" rewrites them into
