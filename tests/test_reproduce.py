@@ -114,6 +114,7 @@ def test_report_statistics_from_a_hand_written_csv(tmp_path):
     assert "LA-SiLU vs SiLU, per-sample test-loss std (Table 5; lower = more balanced): -0.233" in text
     assert "The paper: -0.22 (same direction)." in text  # Table 5 means 1.39 vs 1.61
     assert "LA-HardSiLU vs SiLU, test top-1: -1.50 points (n=1 vs 3): too few seeds for a test" in text
+    assert "| LA-HardSiLU | 1 | 91.50 | 91.50 | – |" in text  # one seed: no spread shown, no interval
     assert "2,500 iterations, lr 0.1 / 10 at 1,250 and 1,875, batch 128" in text
     assert "3.9% of the paper's training" in text and "CIFAR-10 from `/data/cifar10`" in text
     assert "Runs that did not finish" not in text

@@ -130,6 +130,11 @@ def _pair(pair) -> str:
     return f"{avg:.2f} (mean)" if best is None else f"{best:.2f} / {avg:.2f}"
 
 
+def _spread(values_mean: float, std: Optional[float], n: int, digits: int = 2) -> str:
+    """mean ± std over seeds; one seed has no spread to show (not "± 0")."""
+    return f"{values_mean:.{digits}f}" if n < 2 or std is None else f"{values_mean:.{digits}f} ± {std:.{digits}f}"
+
+
 def _verdict(test: Welch) -> str:
     if test.p < ALPHA:
         return f"significant at the {ALPHA:.0%} level"
@@ -178,8 +183,8 @@ def _table(group: Group) -> List[str]:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for act, s in group.acts.items():
         ci = "–" if s.ci is None else f"[{s.ci[0]:.2f}, {s.ci[1]:.2f}]"
-        loss = "–" if s.loss_std_mean is None else f"{s.loss_std_mean:.3f} ± {s.loss_std_sd:.3f}"
-        lines.append(f"| {act_label(act)} | {s.n} | {s.best:.2f} | {s.mean:.2f} ± {s.std:.2f} | {ci} "
+        loss = "–" if s.loss_std_mean is None else _spread(s.loss_std_mean, s.loss_std_sd, s.n, 3)
+        lines.append(f"| {act_label(act)} | {s.n} | {s.best:.2f} | {_spread(s.mean, s.std, s.n)} | {ci} "
                      f"| {_p(s.vs.get('silu'))} | {_p(s.vs.get('relu'))} "
                      f"| {_pair(paper.paper_accuracy(group.key, act))} | {loss} "
                      f"| {_pair(paper.paper_loss_std(group.key, act))} |")
@@ -201,7 +206,7 @@ def _robustness(group: Group) -> List[str]:
         cells = []
         for column, _ in ROBUSTNESS:
             values = _values(group.rows, act, column)
-            cells.append("–" if not values else f"{mean(values):.2f} ± {sample_std(values):.2f}")
+            cells.append("–" if not values else _spread(mean(values), sample_std(values), len(values)))
         total = _values(group.rows, act, "c_total")
         tests = {ref: welch_test(total, _values(group.rows, ref, "c_total")) if ref != act else None
                  for ref in REFERENCES}
