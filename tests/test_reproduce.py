@@ -222,6 +222,7 @@ def test_smoke_preset_runs_resumes_and_reports(tmp_path, capsys, monkeypatch):
     logs = sorted((out / "logs").glob("*.log"), key=lambda p: p.stat().st_ctime)
     assert [p.name.endswith("_s0.log") for p in logs] == [True, True, False, False]
     assert "## ResNet-8, batch norm, He init, CIFAR-10, 12 iterations" in report
+    assert f"CIFAR-10 from `{data}` (loaded as `imagefolder:data`)" in report  # what the recipe really loaded
     assert "| LA-SiLU | 2 |" in report and "| ReLU | 2 |" in report and "LA-SiLU vs ReLU, test top-1" in report
 
     # Twice: nothing runs again, runs.csv keeps one row per run.

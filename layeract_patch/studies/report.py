@@ -252,12 +252,14 @@ def build_report(out, figures: bool = True) -> Path:
     out = Path(out)
     rows = read_runs(out / "runs.csv")
     groups = group_runs(rows)
-    datasets = sorted({(r["dataset"], r.get("data_dir", "")) for r in rows})
+    datasets = sorted({(r["dataset"], r.get("data_dir", ""), r.get("data_source") or "") for r in rows})
     lines = ["# LayerAct study: the paper's tables, re-measured", "",
              f"{len(rows)} finished runs from `runs.csv`; rebuild this file with "
              f"`python recipes/reproduce.py --report-only --out {out}`. The exact command of every run is in "
              f"runs.csv (`command`).", "",
-             "Data: " + "; ".join(f"{d.upper().replace('CIFAR', 'CIFAR-')} from `{path}`" for d, path in datasets)
+             "Data: " + "; ".join(f"{d.upper().replace('CIFAR', 'CIFAR-')} from `{path}`"
+                                  + (f" (loaded as `{source}`)" if source and source != d else "")
+                                  for d, path, source in datasets)
              + ". Test top-1 in %, on the test set, with the weights of the best validation accuracy (10% of the "
                "training set held out), as in the paper.", "",
              f"How to read: n = seeds; CI = 95% Student-t interval of the mean; p = Welch's two-sided t-test of "

@@ -42,8 +42,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CORRUPTION_COLUMNS = ("c_clean", "c_total", "c_noise", "c_blur", "c_digital", "c_weather", "c_extra")
 RUN_COLUMNS = ("model", "depth", "norm", "act", "init", "seed", "dataset", "iterations", "test_top1", "test_top5",
                "test_loss", "test_loss_std", "val_top1", "wall_seconds", "train_seconds", "max_iter",
-               "milestones", "lr", "batch_size", "eval_every", "amp", "data_dir", "run_dir", "command",
-               *CORRUPTION_COLUMNS)
+               "milestones", "lr", "batch_size", "eval_every", "amp", "data_dir", "data_source", "run_dir",
+               "command", *CORRUPTION_COLUMNS)
 
 
 @dataclass
@@ -238,6 +238,9 @@ def rebuild_runs_csv(out: Path) -> List[Dict]:
             "milestones": " ".join(map(str, milestones)), "lr": lr, "batch_size": schedule["batch_size"],
             "eval_every": min(schedule["eval_every"], schedule["max_iter"]), "amp": meta["amp"],
             "data_dir": meta["data_dir"], "run_dir": f"runs/{spec['name']}", "command": meta["command"],
+            # what the recipe says it loaded ("cifar10", or "imagefolder:<name>" for an ImageFolder such as the
+            # JPEG export), beside the preset's name for the data set
+            "data_source": results.get("dataset", ""),
             **_corruption_cells(results),
         })
     write_csv(rows, out / "runs.csv", RUN_COLUMNS)
