@@ -196,3 +196,33 @@ def test_saved_for_backward_is_the_input_plus_two_numbers_per_sample_in_every_dt
     assert sum(saved.values()) == x.numel() * x.element_size() + 2 * 6 * stat_bytes + params
     out.float().sum().backward()
     assert x.grad.dtype == dtype and x.grad.isfinite().all()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # torch's own, at its first forward-AD use
+@pytest.mark.parametrize("kind", KINDS)
+def test_forward_mode_ad_with_dual_tensors_matches_the_formula(kind):
+    # torch.autograd.forward_ad (jvp without torch.func): before, "You must implement the jvp function"
+    import torch.autograd.forward_ad as fwAD
+
+    gen = torch.Generator().manual_seed(0)
+    x, tangent = torch.randn(3, 4, 5, 5, dtype=torch.float64, generator=gen), torch.randn(3, 4, 5, 5, dtype=torch.float64, generator=gen)
+    weight, bias = affine_params(4)
+    with fwAD.dual_level():
+        out = layer_act(fwAD.make_dual(x, tangent), kind, 1e-5, weight.detach(), bias.detach())
+        primal, jvp = fwAD.unpack_dual(out)
+    # the jvp is the Jacobian (from the reference formula, by reverse mode) applied to the tangent
+    jacobian = torch.autograd.functional.jacobian(lambda v: la_reference(v, kind, 1e-5, weight.detach(), bias.detach()), x)
+    expected = (jacobian.reshape(x.numel(), x.numel()) @ tangent.reshape(-1)).reshape(x.shape)
+    torch.testing.assert_close(jvp, expected)
+    torch.testing.assert_close(primal, la_reference(x, kind, 1e-5, weight.detach(), bias.detach()))
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_inference_builds_no_autograd_node_and_matches_training_mode(mode):
+    x = torch.randn(4, 8, 6, 6, requires_grad=True)
+    act = LASiLU(affine=True, num_channels=8)
+    expected = act(x)
+    with getattr(torch, mode)():
+        out = act(x)
+    assert out.grad_fn is None and not out.requires_grad
+    torch.testing.assert_close(out, expected.detach(), rtol=0, atol=0)

@@ -159,6 +159,7 @@ def forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], kind: s
     xd, fmt = dense_layout(x, start_dim)
     rows, length, channels, inner = sample_geometry(xd, start_dim, fmt)
     out = torch.empty_like(xd)
+    # two allocations, not views of one: a custom op's outputs may not alias each other
     mean = torch.empty(rows, dtype=torch.float32)
     rstd = torch.empty(rows, dtype=torch.float32)
     weight, bias = _param(weight), _param(bias)

@@ -12,9 +12,10 @@ graph break.
   - eager: `_EagerLayerAct`, an autograd.Function running the same forward and backward. Going
     through the custom op's dispatcher adds 40-75% to a small call (2x8x4x4, forward / forward and
     backward, on CPU), so eager calls skip it;
-  - jit.trace, ONNX export, torch.func transforms and tensor subclasses (make_fx's fake tensors...):
-    `functional.la_reference`, plain ops that those tools can record, batch or export (an opaque op
-    cannot be exported to ONNX).
+  - no_grad / inference_mode: the backend's forward alone, no autograd node;
+  - jit.trace, ONNX export, torch.func transforms, forward-mode AD (dual tensors) and tensor subclasses
+    (make_fx's fake tensors...): `functional.la_reference`, plain ops that those tools can record, batch,
+    differentiate forward or export (an opaque op cannot be exported to ONNX).
 
 Backward keeps only x and two numbers per sample. When it runs with grad mode on (create_graph=True,
 gradient penalties) or under a torch.func transform, it is computed in differentiable tensor ops with
@@ -27,6 +28,7 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad as _forward_ad
 
 from ..catalogue import CATALOGUE
 from ..functional import la_reference
@@ -179,6 +181,9 @@ def layer_act(x: Tensor, kind: str, alpha: float, weight: Optional[Tensor], bias
         if torch.onnx.is_in_onnx_export():
             return la_reference(x, kind, alpha, weight, bias, start_dim)
         return layer_act_op(x, weight, bias, kind, float(alpha), start_dim)[0]
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or _functorch_active() or _special(x):
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or _functorch_active() or _special(x) \
+            or getattr(_forward_ad, "_current_level", -1) >= 0:  # forward-mode AD: plain ops have jvps
         return la_reference(x, kind, alpha, weight, bias, start_dim)
+    if not torch.is_grad_enabled():  # no_grad / inference_mode: no autograd node to build (~4 us a call)
+        return _forward(x, weight, bias, kind, float(alpha), start_dim)[0][0]
     return _EagerLayerAct.apply(x, weight, bias, kind, float(alpha), start_dim)
