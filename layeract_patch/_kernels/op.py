@@ -43,10 +43,14 @@ _special = torch._C._dispatch_isTensorSubclassLike
 FUSED_KINDS = frozenset(r.kind for r in CATALOGUE.values() if r.layer_act and r.kernel_code is not None)
 
 
+def _backend(x: Tensor, kind: str) -> ModuleType:
+    return select(x) if kind in FUSED_KINDS else torch_ops
+
+
 def _forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], kind: str, alpha: float,
              start_dim: int) -> Tuple[Tuple[Tensor, Tensor, Tensor], ModuleType]:
     """(out, mean, rstd) and the backend whose backward fits them."""
-    backend = select(x) if kind in FUSED_KINDS else torch_ops
+    backend = _backend(x, kind)
     result = backend.forward(x, weight, bias, kind, alpha, start_dim)
     if backend is not torch_ops and x.is_cpu and result[1].numel() and _too_spread(result[2]):
         # The C kernel re-sums overflowing blocks in double, but a sample spanning nearly all of float32
@@ -64,7 +68,7 @@ def _too_spread(rstd: Tensor) -> bool:
 
 def _backward_kernel(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Optional[Tensor],
                      bias: Optional[Tensor], kind: str, start_dim: int):
-    backend = select(x) if kind in FUSED_KINDS else torch_ops
+    backend = _backend(x, kind)
     if backend is not torch_ops and x.is_cpu and rstd.numel() and _too_spread(rstd):
         backend = torch_ops
     return backend.backward(grad, x, mean, rstd, weight, bias, kind, start_dim)

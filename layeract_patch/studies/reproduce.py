@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from ..training.results import write_csv
+from ..training.results import write_csv, write_json
 from .presets import MODELS, RunSpec
 
 __all__ = ["StudyConfig", "Planned", "plan", "run_study", "rebuild_runs_csv", "shell_command", "RUN_COLUMNS", "REPO_ROOT"]
@@ -203,8 +203,7 @@ def _launch(item: Planned, config: StudyConfig, stop: threading.Event) -> Dict:
         "returncode": returncode, "amp": config.amp, "data_dir": str(config.data_for(spec)),
         "code_version": meta.get("code_version", []) + [_code_version(config.recipes_root)],
     }
-    meta_path.parent.mkdir(parents=True, exist_ok=True)
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(meta, meta_path)  # atomic: a runner killed mid-write keeps the previous meta
     last_line = ""
     if returncode != 0:
         lines = log_path.read_text().strip().splitlines()

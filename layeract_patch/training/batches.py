@@ -15,12 +15,13 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-__all__ = ["TrainBatches", "random_crop_flip", "normalize"]
+__all__ = ["TrainBatches", "random_crop_flip", "normalize", "derive_seed"]
 
 _MIX = 0x9E3779B97F4A7C15  # odd constant: spreads (seed, counter) pairs over the generator's seed space
 
 
-def _derive(seed: int, stream: int, counter: int) -> int:
+def derive_seed(seed: int, stream: int, counter: int) -> int:
+    """A generator seed for draw `counter` of stream `stream` of a run seeded `seed` (every recipe's draws)."""
     return (seed * _MIX + stream * 0x632BE59BD9B4E019 + counter) % (2 ** 63)
 
 
@@ -54,7 +55,7 @@ class TrainBatches:
 
     def _permutation(self, epoch: int) -> Tensor:
         if epoch != self._epoch:
-            generator = torch.Generator().manual_seed(_derive(self.seed, 1, epoch))
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, 1, epoch))
             self._order = torch.randperm(len(self.images), generator=generator).to(self.images.device)
             self._epoch = epoch
         return self._order
@@ -64,7 +65,7 @@ class TrainBatches:
         order = self._permutation(epoch)
         index = order[position * self.batch_size:(position + 1) * self.batch_size]
         images = self.images[index]
-        self._augment_rng.manual_seed(_derive(self.seed, 2, step))
+        self._augment_rng.manual_seed(derive_seed(self.seed, 2, step))
         # Augment the global batch, then slice: the draws do not depend on the number of ranks.
         images = random_crop_flip(images, self.padding, self.flip, generator=self._augment_rng)
         share = slice(self.rank, None, self.world_size)

@@ -12,12 +12,10 @@ from typing import Iterator
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from .batches import derive_seed
 from .data import find_imagefolder
 
 __all__ = ["image_folders", "check_images", "SeededDraws", "EpochOrder"]
-
-_MIX = 0x9E3779B97F4A7C15  # odd constant: distinct (seed, counter) pairs give distinct generator seeds
-
 
 def image_folders(data_dir: str, train_transform=None, eval_transform=None):
     """(train, held-out) torchvision ImageFolders of `data_dir/train` and `data_dir/val` (or `test`).
@@ -60,7 +58,7 @@ class SeededDraws(Dataset):
         return len(self.base)
 
     def __getitem__(self, draw: int):
-        seed = (self.seed * _MIX + draw) % 2**63
+        seed = derive_seed(self.seed, 0, draw)
         python_state = random.getstate()
         try:
             with torch.random.fork_rng(devices=[]):
@@ -89,7 +87,7 @@ class EpochOrder(Sampler):
         for position in range(self.start, self.stop):
             if position // self.size != epoch:
                 epoch = position // self.size
-                generator = torch.Generator().manual_seed((self.seed * _MIX + epoch) % 2**63)
+                generator = torch.Generator().manual_seed(derive_seed(self.seed, 0, epoch))
                 order = torch.randperm(self.size, generator=generator).tolist()
             yield epoch * self.size + order[position % self.size]
 
