@@ -78,6 +78,29 @@ def test_recipe_evaluates_a_seed_as_the_training_run_did(run_dir, folder, tmp_pa
     assert "| gaussian_noise |" in done.stdout and "mean of 2" in done.stdout
 
 
+def test_a_bf16_run_is_scored_under_corruptions_as_its_test_set_was(folder, tmp_path, capsys):
+    # --amp and --channels-last: the corruptions are scored as the run's test set was (bf16 autocast), so the
+    # clean score is exactly the test score, and the recipe with the same flags reproduces every cell
+    run = tmp_path / "bf16"
+    assert recipe(RESNET, "--depth", "8", "--data-dir", folder, "--out", run, *TINY, "--amp", "--channels-last",
+                  "--eval-corruptions", *SUBSET, "--corruption-severities", "3", capsys=capsys)[0] == 0
+    trained = read_json(run / "seed_0" / "corruptions.json")
+    assert trained["amp"] is True
+    assert trained["clean"]["top1"] == pytest.approx(read_json(run / "seed_0" / "results.json")["test"]["top1"])
+    again, fp32 = tmp_path / "again", tmp_path / "fp32"
+    assert evaluate("--checkpoint", run, "--data-dir", folder, *SUBSET, "--severities", "3", "--amp",
+                    "--channels-last", "--out", again, capsys=capsys)[0] == 0
+    assert evaluate("--checkpoint", run, "--data-dir", folder, *SUBSET, "--severities", "3", "--out", fp32,
+                    capsys=capsys)[0] == 0
+    again, fp32 = read_json(again / "results.json"), read_json(fp32 / "results.json")
+    assert again["amp"] is True and fp32["amp"] is False
+    for name in ("gaussian_noise", "contrast"):
+        assert again["corruptions"][name]["3"] == pytest.approx(trained["corruptions"][name]["3"], rel=1e-5)
+        # float32 scores the same weights on the same images: the losses differ only by bf16 rounding
+        assert fp32["corruptions"][name]["3"]["loss"] == pytest.approx(trained["corruptions"][name]["3"]["loss"],
+                                                                       rel=0.05)
+
+
 def test_baseline_adds_ce_and_mce(run_dir, folder, tmp_path, capsys):
     base, other = tmp_path / "seed0", tmp_path / "seed1"
     assert evaluate("--checkpoint", run_dir / "seed_0" / "model.pt", "--data-dir", folder, *SUBSET,

@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..corruptions import CORRUPTIONS, GROUPS, SEVERITIES, check_images, check_name_and_severity, corrupt
@@ -74,21 +73,14 @@ def check_baseline(baseline, corruptions, severities):
             raise ValueError(f"baseline makes no errors on {n}, so a corruption error relative to it is undefined")
 
 
-@torch.no_grad()
-def _accuracy_and_loss(model, images, labels, mean, std, batch_size, device):
-    """(number correct, summed cross-entropy) of uint8 images (any device) in batches on `device`."""
-    correct, loss = 0, 0.0
-    for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(device).float().div_(255).sub_(mean).div_(std)
-        y = labels[start:start + batch_size].to(device)
-        logits = model(x).float()
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-    return correct, loss
+def _score(model, images, labels, mean, std, batch_size, device, amp, channels_last) -> dict:
+    """top-1, loss and per-sample loss spread of uint8 `images` (any device), scored as the training's
+    test evaluation scores (`training.metrics.evaluate`)."""
+    from ..training.metrics import evaluate
 
-
-def _summary(correct, loss, count):
-    return {"top1": 100.0 * correct / count, "loss": loss / count}
+    found = evaluate(model, images.to(device), labels.to(device), mean, std, batch_size=batch_size, amp=amp,
+                     channels_last=channels_last)
+    return {"top1": found["top1"], "loss": found["loss"], "loss_std": found["loss_std"]}
 
 
 def corruption_errors(results: dict, baseline: dict) -> dict:
@@ -106,10 +98,12 @@ def corruption_errors(results: dict, baseline: dict) -> dict:
 def evaluate_corruptions(model: nn.Module, images: Tensor, labels: Tensor, mean: Sequence[float],
                          std: Sequence[float], *, corruptions: Sequence[str] = CORRUPTIONS,
                          severities: Sequence[int] = SEVERITIES, corruptions_dir=None, batch_size: int = 1000,
-                         device=None, seed: int = 0, baseline: Optional[dict] = None) -> dict:
-    """Top-1 (percent) and mean cross-entropy of `model` on the clean `images` (uint8 (N, 3, H, W)) and on
-    every (corruption, severity); group means; CE and mCE against `baseline` when given. Returns a
-    JSON-ready dict (severities are string keys, as JSON would make them)."""
+                         device=None, seed: int = 0, baseline: Optional[dict] = None, amp: bool = False,
+                         channels_last: bool = False) -> dict:
+    """Top-1 (percent), mean cross-entropy and per-sample loss spread of `model` on the clean `images`
+    (uint8 (N, 3, H, W)) and on every (corruption, severity); group means; CE and mCE against `baseline`
+    when given. `amp` (bfloat16 autocast) and `channels_last` score as the training's evaluation does with
+    the same flags. Returns a JSON-ready dict (severities are string keys, as JSON would make them)."""
     corruptions = tuple(dict.fromkeys(corruptions)) if not isinstance(corruptions, str) else corruptions
     severities = tuple(sorted(set(severities))) if not isinstance(severities, int) else severities
     _check_inputs(images, labels, mean, std, corruptions, severities, batch_size, seed, corruptions_dir, baseline)
@@ -117,20 +111,20 @@ def evaluate_corruptions(model: nn.Module, images: Tensor, labels: Tensor, mean:
         first = next(model.parameters(), None)
         device = first.device if first is not None else images.device
     device = torch.device(device)
-    mean_t = torch.tensor([float(m) for m in mean], device=device).view(1, 3, 1, 1)
-    std_t = torch.tensor([float(s) for s in std], device=device).view(1, 3, 1, 1)
+    mean, std = [float(m) for m in mean], [float(s) for s in std]
     labels = labels.long()
+    score = lambda bad, bad_labels: _score(model, bad, bad_labels, mean, std, batch_size, device, amp, channels_last)
 
     was_training = model.training
     model.eval()
     try:
         results = {
-            "clean": _summary(*_accuracy_and_loss(model, images, labels, mean_t, std_t, batch_size, device),
-                              len(images)),
+            "clean": score(images, labels),
             "corruptions": {},
             "source": str(corruptions_dir) if corruptions_dir is not None else "generated",
             "seed": seed,
             "severities": list(severities),
+            "amp": bool(amp),
         }
         source_images = images.to(device) if corruptions_dir is None else None
         for name in corruptions:
@@ -138,17 +132,12 @@ def evaluate_corruptions(model: nn.Module, images: Tensor, labels: Tensor, mean:
             for severity in severities:
                 if corruptions_dir is not None:
                     bad, bad_labels = load_cifar_c(corruptions_dir, name, severity)
-                    correct, loss = _accuracy_and_loss(model, bad, bad_labels, mean_t, std_t, batch_size, device)
-                    count = len(bad)
                 else:
-                    correct, loss, count = 0, 0.0, len(images)
-                    for k, start in enumerate(range(0, len(images), CORRUPTION_CHUNK)):
-                        chunk = source_images[start:start + CORRUPTION_CHUNK]
-                        bad = corrupt(chunk, name, severity, seed=seed * 2 ** 20 + k)
-                        c, l = _accuracy_and_loss(model, bad, labels[start:start + CORRUPTION_CHUNK],
-                                                  mean_t, std_t, batch_size, device)
-                        correct, loss = correct + c, loss + l
-                results["corruptions"][name][str(severity)] = _summary(correct, loss, count)
+                    bad_labels = labels
+                    bad = torch.cat([corrupt(source_images[start:start + CORRUPTION_CHUNK], name, severity,
+                                             seed=seed * 2 ** 20 + k)
+                                     for k, start in enumerate(range(0, len(images), CORRUPTION_CHUNK))])
+                results["corruptions"][name][str(severity)] = score(bad, bad_labels)
     finally:
         model.train(was_training)
 

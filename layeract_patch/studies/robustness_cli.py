@@ -40,6 +40,9 @@ def get_args_parser(add_help: bool = True, prog: Optional[str] = None) -> argpar
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated corruptions")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:<index>")
+    parser.add_argument("--amp", action="store_true",
+                        help="score under bfloat16 autocast, as a run trained with --amp is tested")
+    parser.add_argument("--channels-last", action="store_true", help="channels-last inputs and weights")
     parser.add_argument("--out", required=True, type=Path, help="folder for results.json")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing <out>/results.json")
     return parser
@@ -103,6 +106,8 @@ def _check_official_size(corruptions_dir: Path, name: str, images) -> None:
 def main(args: argparse.Namespace) -> dict:
     """Check, load, evaluate, write `<out>/results.json`; returns it (bad input raises ValueError /
     FileNotFoundError before the evaluation)."""
+    import torch
+
     from ..training.outdir import claim_output
     from ..training.results import write_json
     from .robustness import evaluate_corruptions, format_table
@@ -114,10 +119,13 @@ def main(args: argparse.Namespace) -> dict:
     if args.corruptions_dir is not None:
         _check_official_size(args.corruptions_dir, args.corruptions[0], images)
     with claim_output(args.out) as out:
+        model = trained.model.to(device)
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         results = evaluate_corruptions(
-            trained.model.to(device), images, labels, trained.mean, trained.std, corruptions=args.corruptions,
+            model, images, labels, trained.mean, trained.std, corruptions=args.corruptions,
             severities=args.severities, corruptions_dir=args.corruptions_dir, batch_size=args.batch_size,
-            device=device, seed=args.seed, baseline=baseline)
+            device=device, seed=args.seed, baseline=baseline, amp=args.amp, channels_last=args.channels_last)
         record = {"model": trained.description, "data_dir": str(args.data_dir), "device": str(device),
                   "baseline": str(args.baseline) if args.baseline is not None else None, **results}
         write_json(record, out / "results.json")

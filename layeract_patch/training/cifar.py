@@ -396,8 +396,9 @@ def train_seed(plan: Plan, seed: int) -> Dict:
 def evaluate_seeds_on_corruptions(plan: Plan) -> dict:
     """--eval-corruptions: each seed's tested weights (seed_<n>/model.pt) on the corrupted test set, written to
     seed_<n>/corruptions.json; returns the summary for the run's results.json (group means per seed and
-    averaged over the seeds). Every seed sees the same corrupted images (corruption seed 0); the evaluation
-    runs in float32 whatever --amp says, so that recipes/eval_corruptions.py reproduces it."""
+    averaged over the seeds). Every seed sees the same corrupted images (corruption seed 0), scored as the
+    run's test set is (bfloat16 autocast with --amp, channels-last with --channels-last);
+    recipes/eval_corruptions.py with the same two flags reproduces it."""
     from ..corruptions import CORRUPTIONS
     from ..studies.robustness import evaluate_corruptions
 
@@ -408,9 +409,12 @@ def evaluate_seeds_on_corruptions(plan: Plan) -> dict:
         weights = seed_dir(cfg.out, seed) / "model.pt"
         model = plan.model_fn().to(plan.device)
         model.load_state_dict(load_checkpoint(weights, map_location=plan.device))
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         found = evaluate_corruptions(model, data.test_images, data.test_labels, data.mean, data.std,
                                      corruptions=summary["corruptions"], severities=summary["severities"],
-                                     batch_size=cfg.eval_batch_size, device=plan.device, seed=0)
+                                     batch_size=cfg.eval_batch_size, device=plan.device, seed=0, amp=cfg.amp,
+                                     channels_last=cfg.channels_last)
         write_json({"checkpoint": str(weights), **found}, seed_dir(cfg.out, seed) / "corruptions.json")
         summary["seeds"][str(seed)] = {"clean": found["clean"]["top1"], "groups": found["groups"],
                                        "corruption_mean": found["corruption_mean"]}
