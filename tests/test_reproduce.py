@@ -73,13 +73,14 @@ def test_welch_and_confidence_interval_by_hand():
 
 # --- the report from a hand-written runs.csv -----------------------------------------------------------------
 
-def write_runs_csv(path, runs, corruptions=None):
-    """runs: (act, seed, top1, loss std); corruptions: (act, seed) -> {"c_total": ..., ...} for some runs."""
+def write_runs_csv(path, runs, corruptions=None, **same):
+    """runs: (act, seed, top1, loss std); corruptions: (act, seed) -> {"c_total": ..., ...} for some runs;
+    `same`: columns every row gets (e.g. amp=True)."""
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=RUN_COLUMNS, restval="")
         writer.writeheader()
         for act, seed, top1, loss_std in runs:
-            writer.writerow(dict(**(corruptions or {}).get((act, seed), {}), model="cifar_resnet", depth=20, norm="bn", act=act, init="he", seed=seed,
+            writer.writerow(dict(**(corruptions or {}).get((act, seed), {}), **same, model="cifar_resnet", depth=20, norm="bn", act=act, init="he", seed=seed,
                                  dataset="cifar10", iterations=2500, test_top1=top1, test_loss=0.5,
                                  test_loss_std=loss_std, max_iter=2500, milestones="1250 1875", lr=0.1,
                                  batch_size=128, eval_every=250, data_dir="/data/cifar10",
@@ -164,6 +165,30 @@ def test_report_figures_or_a_note_without_matplotlib(tmp_path):
         for kind in ("loss", "top1"):
             assert (tmp_path / "figures" / f"{slug}_{kind}.png").stat().st_size > 1000
             assert f"(figures/{slug}_{kind}.png)" in text
+
+
+def test_report_early_training_loss_and_precision(tmp_path):
+    runs = [("silu", 0, 90.0, 1.5), ("silu", 1, 91.0, 1.6), ("la_silu", 0, 91.0, 1.4), ("la_silu", 1, 92.0, 1.3)]
+    write_runs_csv(tmp_path / "runs.csv", runs, amp=True)
+    for act, seed, *_ in runs:
+        seed_dir = tmp_path / f"runs/r20_{act}_s{seed}" / f"seed_{seed}"
+        seed_dir.mkdir(parents=True)
+        offset = 0.2 if act == "la_silu" else 0.0  # LA-SiLU's loss sits 0.2 lower all along
+        seed_dir.joinpath("train_log.csv").write_text("iteration,train_loss,lr\n" + "".join(
+            f"{i},{2.3 - i / 2000 - seed / 10 - offset},0.1\n" for i in range(100, 2600, 100)))
+    text = build_report(tmp_path, figures=False).read_text()
+    # by hand: windows 100..1200 lie before the drop at 1250, mean iteration 650 -> 2.3 - 0.325 - seed / 10
+    silu, la = [1.975, 1.875], [1.775, 1.675]
+    assert "mean training loss over the first 1,250 iterations" in text
+    assert "| SiLU | 2 | 1.925 ± 0.071 | – | – |" in text
+    p = welch_test(la, silu).p  # t = -0.2 / 0.0707, df = 2
+    assert p == pytest.approx(0.1056, abs=1e-3)
+    assert f"| LA-SiLU | 2 | 1.725 ± 0.071 | {p:.2g} | – |" in text
+    assert f"LA-SiLU vs SiLU, early training loss: -0.200, p={p:.2g}: not significant" in text
+    # the precision is part of the table's identity and said beside the schedule
+    assert "2,500 iterations, bf16 autocast" in text and "Precision: bfloat16 autocast" in text
+    write_runs_csv(tmp_path / "runs.csv", runs)  # float32 runs: no precision note
+    assert "autocast" not in build_report(tmp_path, figures=False).read_text()
 
 
 # --- presets and selection ---------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """report.md from runs.csv: per table, best / mean +- std, 95% CI, Welch's p against SiLU and ReLU, the paper's
-numbers beside ours, the per-sample loss std (Table 5), plain sentences on what the data support, figures.
+numbers beside ours, the per-sample loss std (Table 5), how fast the training loss falls early (Figs. 3-4),
+plain sentences on what the data support, figures.
 
     python recipes/reproduce.py --report-only --out DIR    # rebuild DIR/report.md from DIR/runs.csv
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import paper_numbers as paper
-from .figures import plot_accuracy, plot_early_loss
+from .figures import plot_accuracy, plot_early_loss, training_losses
 from .paper_numbers import act_label
 from .stats import Welch, confidence_interval, mean, sample_std, welch_test
 
@@ -59,13 +60,14 @@ class ActStats:
 
 @dataclass
 class Group:
-    """One table: runs sharing model, depth, norm, init, data set and schedule length."""
+    """One table: runs sharing model, depth, norm, init, data set, schedule length and precision."""
     model: str
     depth: Optional[int]
     norm: str
     init: str
     dataset: str
     iterations: int
+    amp: bool
     rows: List[Dict]
     acts: "OrderedDict[str, ActStats]"
 
@@ -79,11 +81,24 @@ class Group:
         norm = {"bn": "batch norm", "ln": "layer norm", "none": "no normalization"}[self.norm]
         init = {"he": "He init", "torch": "PyTorch's default init (the authors')"}.get(self.init, self.init)
         return (f"{model}, {norm}, {init}, {self.dataset.upper().replace('CIFAR', 'CIFAR-')}, "
-                f"{self.iterations:,} iterations")
+                f"{self.iterations:,} iterations" + (", bf16 autocast" if self.amp else ""))
 
     @property
     def slug(self) -> str:
-        return f"{self.model}{self.depth or ''}_{self.norm}_{self.init}_{self.dataset}_it{self.iterations}"
+        return (f"{self.model}{self.depth or ''}_{self.norm}_{self.init}_{self.dataset}_it{self.iterations}"
+                + ("_bf16" if self.amp else ""))
+
+
+def _amp(row: Dict) -> bool:
+    return str(row.get("amp", "")).strip().lower() in ("true", "1")
+
+
+# the paper's row order; other activations follow in the order runs.csv names them
+PAPER_ORDER = ("relu", "silu", "hardsilu", "la_silu", "la_hardsilu", "la_silu_affine", "la_hardsilu_affine")
+
+
+def _paper_order(act: str) -> int:
+    return PAPER_ORDER.index(act) if act in PAPER_ORDER else len(PAPER_ORDER)
 
 
 def _values(rows: Sequence[Dict], act: str, metric: str) -> List[float]:
@@ -91,15 +106,15 @@ def _values(rows: Sequence[Dict], act: str, metric: str) -> List[float]:
 
 
 def group_runs(rows: Sequence[Dict]) -> List[Group]:
-    """Rows grouped into tables, activations in first-seen order, each with its statistics."""
+    """Rows grouped into tables, activations in the paper's order, each with its statistics."""
     tables: "OrderedDict[tuple, List[Dict]]" = OrderedDict()
     for row in rows:
-        key = (row["model"], row["depth"], row["norm"], row["init"], row["dataset"], row["iterations"])
+        key = (row["model"], row["depth"], row["norm"], row["init"], row["dataset"], row["iterations"], _amp(row))
         tables.setdefault(key, []).append(row)
     groups = []
-    for (model, depth, norm, init, dataset, iterations), members in tables.items():
+    for (model, depth, norm, init, dataset, iterations, amp), members in tables.items():
         acts: "OrderedDict[str, ActStats]" = OrderedDict()
-        for act in dict.fromkeys(r["act"] for r in members):
+        for act in sorted(dict.fromkeys(r["act"] for r in members), key=_paper_order):
             top1 = _values(members, act, "test_top1")
             loss_std = _values(members, act, "test_loss_std")
             acts[act] = ActStats(
@@ -109,7 +124,7 @@ def group_runs(rows: Sequence[Dict]) -> List[Group]:
                  if ref != act and any(r["act"] == ref for r in members)},
                 {ref: welch_test(loss_std, _values(members, ref, "test_loss_std")) for ref in REFERENCES
                  if ref != act and loss_std and _values(members, ref, "test_loss_std")})
-        groups.append(Group(model, depth, norm, init, dataset, iterations, members, acts))
+        groups.append(Group(model, depth, norm, init, dataset, iterations, amp, members, acts))
     return groups
 
 
@@ -219,6 +234,36 @@ def _robustness(group: Group) -> List[str]:
     return lines + [""] + [f"- {s}" for s in sentences] + ([""] if sentences else [])
 
 
+def early_loss(out: Path, row: Dict) -> Optional[float]:
+    """Mean training loss of one run over its logged windows up to the first learning-rate drop: the area
+    under the early part of the paper's Figs. 3-4 curves, so lower = the loss fell faster. None without a log."""
+    first_drop = int(str(row["milestones"]).split()[0])
+    losses = [loss for step, loss in training_losses(out, row).items() if step <= first_drop]
+    return sum(losses) / len(losses) if losses else None
+
+
+def _early_training(group: Group, out: Path) -> List[str]:
+    """Figs. 3-4 as numbers: each activation's early training loss, mean ± std over seeds, Welch's p vs SiLU/ReLU."""
+    values = {act: [v for v in (early_loss(out, r) for r in group.rows if r["act"] == act) if v is not None]
+              for act in group.acts}
+    values = {act: v for act, v in values.items() if v}
+    if not values:
+        return []
+    first_drop = min(int(str(r["milestones"]).split()[0]) for r in group.rows)
+    lines = [f"Early training (the paper's Figs. 3-4): mean training loss over the first {first_drop:,} iterations "
+             f"(up to the first learning-rate drop; lower = the loss fell faster), mean ± std over seeds.", "",
+             "| activation | n | early training loss | p vs SiLU | p vs ReLU |", "|---|---|---|---|---|"]
+    sentences = []
+    for act, mine in values.items():
+        tests = {ref: welch_test(mine, values[ref]) if ref in values and ref != act else None for ref in REFERENCES}
+        lines.append(f"| {act_label(act)} | {len(mine)} | {_spread(mean(mine), sample_std(mine), len(mine), 3)} "
+                     f"| {_p(tests['silu'])} | {_p(tests['relu'])} |")
+        sentences += [f"{act_label(act)} vs {act_label(ref)}, early training loss: {test.difference:+.3f}, "
+                      f"p={_p(test)}: {_verdict(test)}." for ref, test in tests.items()
+                      if test is not None and _compared(act, ref)]
+    return lines + [""] + [f"- {s}" for s in sentences] + ([""] if sentences else [])
+
+
 def _schedule(group: Group) -> str:
     settings = sorted({(r["max_iter"], r["milestones"], r["batch_size"], r["lr"]) for r in group.rows},
                       key=str)
@@ -227,6 +272,8 @@ def _schedule(group: Group) -> str:
     p = paper.PAPER_SCHEDULE
     text = (f"Schedule run: {ran}. The paper's: {p['iterations']:,} iterations, lr {p['lr']} / 10 at "
             f"{p['milestones'][0]:,} and {p['milestones'][1]:,}, batch {p['batch_size']}.")
+    if group.amp:
+        text += " Precision: bfloat16 autocast (the paper's runs are float32)."
     if group.iterations < p["iterations"]:
         text += (f" This is {100 * group.iterations / p['iterations']:.2g}% of the paper's training: absolute accuracies "
                  f"sit far below its column and are not comparable with it; only the activations' comparison "
@@ -275,6 +322,7 @@ def build_report(out, figures: bool = True) -> Path:
         lines += _table(group) + ["", "What the data support:", ""]
         lines += [f"- {s}" for s in _sentences(group) or ["no comparison: one activation only."]]
         lines.append("")
+        lines += _early_training(group, out)
         lines += _robustness(group)
         if figures:
             made = [plot_early_loss(group, out), plot_accuracy(group, out)]
