@@ -88,8 +88,9 @@ def test_a_bf16_run_is_scored_under_corruptions_as_its_test_set_was(folder, tmp_
     assert trained["amp"] is True
     assert trained["clean"]["top1"] == pytest.approx(read_json(run / "seed_0" / "results.json")["test"]["top1"])
     again, fp32 = tmp_path / "again", tmp_path / "fp32"
-    assert evaluate("--checkpoint", run, "--data-dir", folder, *SUBSET, "--severities", "3", "--amp",
-                    "--channels-last", "--out", again, capsys=capsys)[0] == 0
+    code, _, stderr = evaluate("--checkpoint", run, "--data-dir", folder, *SUBSET, "--severities", "3", "--amp",
+                               "--channels-last", "--out", again, capsys=capsys)
+    assert code == 0 and "corruption 2/2 contrast: top-1 " in stderr  # a line per corruption as it goes
     assert evaluate("--checkpoint", run, "--data-dir", folder, *SUBSET, "--severities", "3", "--out", fp32,
                     capsys=capsys)[0] == 0
     again, fp32 = read_json(again / "results.json"), read_json(fp32 / "results.json")

@@ -74,8 +74,11 @@ def test_generated_corruptions_match_corrupt_and_ignore_batch_size():
     names = ["gaussian_noise", "contrast"]
     a = evaluate_corruptions(Brightness(), images, labels, MEAN, STD, corruptions=names, severities=[5, 1],
                              batch_size=64, seed=3)
+    lines = []
     b = evaluate_corruptions(Brightness(), images, labels, MEAN, STD, corruptions=names, severities=[1, 5],
-                             batch_size=1000, seed=3)
+                             batch_size=1000, seed=3, progress=lines.append)
+    assert len(lines) == 2 and lines[1].startswith("corruption 2/2 contrast: top-1 ")
+    assert lines[1].endswith(f"{b['corruptions']['contrast']['5']['top1']:.1f} (severities 1 5)")
     assert a["clean"]["top1"] == 100.0 and a["severities"] == [1, 5]
     for name in names:
         for s in ("1", "5"):

@@ -17,7 +17,7 @@ Hendrycks & Dietterich's mCE with the baseline model in AlexNet's place, so belo
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -99,11 +99,12 @@ def evaluate_corruptions(model: nn.Module, images: Tensor, labels: Tensor, mean:
                          std: Sequence[float], *, corruptions: Sequence[str] = CORRUPTIONS,
                          severities: Sequence[int] = SEVERITIES, corruptions_dir=None, batch_size: int = 1000,
                          device=None, seed: int = 0, baseline: Optional[dict] = None, amp: bool = False,
-                         channels_last: bool = False) -> dict:
+                         channels_last: bool = False, progress: Optional[Callable[[str], None]] = None) -> dict:
     """Top-1 (percent), mean cross-entropy and per-sample loss spread of `model` on the clean `images`
     (uint8 (N, 3, H, W)) and on every (corruption, severity); group means; CE and mCE against `baseline`
     when given. `amp` (bfloat16 autocast) and `channels_last` score as the training's evaluation does with
-    the same flags. Returns a JSON-ready dict (severities are string keys, as JSON would make them)."""
+    the same flags. `progress`, when given, gets a line after each corruption (a full evaluation takes
+    minutes). Returns a JSON-ready dict (severities are string keys, as JSON would make them)."""
     corruptions = tuple(dict.fromkeys(corruptions)) if not isinstance(corruptions, str) else corruptions
     severities = tuple(sorted(set(severities))) if not isinstance(severities, int) else severities
     _check_inputs(images, labels, mean, std, corruptions, severities, batch_size, seed, corruptions_dir, baseline)
@@ -127,7 +128,7 @@ def evaluate_corruptions(model: nn.Module, images: Tensor, labels: Tensor, mean:
             "amp": bool(amp),
         }
         source_images = images.to(device) if corruptions_dir is None else None
-        for name in corruptions:
+        for number, name in enumerate(corruptions, 1):
             results["corruptions"][name] = {}
             for severity in severities:
                 if corruptions_dir is not None:
@@ -138,6 +139,10 @@ def evaluate_corruptions(model: nn.Module, images: Tensor, labels: Tensor, mean:
                                              seed=seed * 2 ** 20 + k)
                                      for k, start in enumerate(range(0, len(images), CORRUPTION_CHUNK))])
                 results["corruptions"][name][str(severity)] = score(bad, bad_labels)
+            if progress is not None:
+                cells = " ".join(f"{r['top1']:.1f}" for r in results["corruptions"][name].values())
+                progress(f"corruption {number}/{len(corruptions)} {name}: top-1 {cells} (severities "
+                         f"{' '.join(map(str, severities))})")
     finally:
         model.train(was_training)
 

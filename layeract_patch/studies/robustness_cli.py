@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -125,7 +126,8 @@ def main(args: argparse.Namespace) -> dict:
         results = evaluate_corruptions(
             model, images, labels, trained.mean, trained.std, corruptions=args.corruptions,
             severities=args.severities, corruptions_dir=args.corruptions_dir, batch_size=args.batch_size,
-            device=device, seed=args.seed, baseline=baseline, amp=args.amp, channels_last=args.channels_last)
+            device=device, seed=args.seed, baseline=baseline, amp=args.amp, channels_last=args.channels_last,
+            progress=lambda line: print(line, file=sys.stderr, flush=True))
         record = {"model": trained.description, "data_dir": str(args.data_dir), "device": str(device),
                   "baseline": str(args.baseline) if args.baseline is not None else None, **results}
         write_json(record, out / "results.json")

@@ -414,7 +414,8 @@ def evaluate_seeds_on_corruptions(plan: Plan) -> dict:
         found = evaluate_corruptions(model, data.test_images, data.test_labels, data.mean, data.std,
                                      corruptions=summary["corruptions"], severities=summary["severities"],
                                      batch_size=cfg.eval_batch_size, device=plan.device, seed=0, amp=cfg.amp,
-                                     channels_last=cfg.channels_last)
+                                     channels_last=cfg.channels_last,
+                                     progress=lambda line: print(f"seed {seed} {line}", file=sys.stderr, flush=True))
         write_json({"checkpoint": str(weights), **found}, seed_dir(cfg.out, seed) / "corruptions.json")
         summary["seeds"][str(seed)] = {"clean": found["clean"]["top1"], "groups": found["groups"],
                                        "corruption_mean": found["corruption_mean"]}
