@@ -6,6 +6,7 @@ accuracy by activation (every seed, and the mean with its 95% interval).
 from __future__ import annotations
 
 import csv
+import textwrap
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -56,7 +57,7 @@ def plot_early_loss(group, out: Path) -> Optional[Path]:
         ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=f"C{i}", alpha=0.2)
     ax.set_xlabel("iteration")
     ax.set_ylabel("training loss (mean, min-max over seeds)")
-    ax.set_title(group.title, fontsize=8)
+    ax.set_title(textwrap.fill(group.title, 90), fontsize=8)  # long titles wrap instead of leaving the figure
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(plt, fig, Path(out) / "figures" / f"{group.slug}_loss.png")
@@ -77,7 +78,7 @@ def plot_accuracy(group, out: Path) -> Optional[Path]:
     ax.set_xticks(range(len(group.acts)))
     ax.set_xticklabels([_label(a) for a in group.acts], fontsize=8)
     ax.set_ylabel("test top-1 (%)")
-    ax.set_title(group.title, fontsize=8)
+    ax.set_title(textwrap.fill(group.title, 90), fontsize=8)  # long titles wrap instead of leaving the figure
     ax.grid(alpha=0.3, axis="y")
     return _save(plt, fig, Path(out) / "figures" / f"{group.slug}_top1.png")
 
