@@ -31,7 +31,7 @@ _NUMERIC = ("depth", "seed", "iterations", "test_top1", "test_top5", "test_loss"
 
 
 def read_runs(path) -> List[Dict]:
-    """runs.csv rows with numbers as numbers (empty cells -> None)."""
+    """runs.csv rows with numbers as numbers (empty cells -> None) and `amp` as a bool."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     for row in rows:
@@ -41,6 +41,7 @@ def read_runs(path) -> List[Dict]:
                 row[key] = None if value in ("", None) else (int(float(value)) if key in
                                                              ("depth", "seed", "iterations", "max_iter",
                                                               "batch_size", "eval_every") else float(value))
+        row["amp"] = str(row.get("amp", "")).strip().lower() in ("true", "1")
     return rows
 
 
@@ -89,10 +90,6 @@ class Group:
                 + ("_bf16" if self.amp else ""))
 
 
-def _amp(row: Dict) -> bool:
-    return str(row.get("amp", "")).strip().lower() in ("true", "1")
-
-
 # the paper's row order; other activations follow in the order runs.csv names them
 PAPER_ORDER = ("relu", "silu", "hardsilu", "la_silu", "la_hardsilu", "la_silu_affine", "la_hardsilu_affine")
 
@@ -109,7 +106,7 @@ def group_runs(rows: Sequence[Dict]) -> List[Group]:
     """Rows grouped into tables, activations in the paper's order, each with its statistics."""
     tables: "OrderedDict[tuple, List[Dict]]" = OrderedDict()
     for row in rows:
-        key = (row["model"], row["depth"], row["norm"], row["init"], row["dataset"], row["iterations"], _amp(row))
+        key = (row["model"], row["depth"], row["norm"], row["init"], row["dataset"], row["iterations"], row["amp"])
         tables.setdefault(key, []).append(row)
     groups = []
     for (model, depth, norm, init, dataset, iterations, amp), members in tables.items():

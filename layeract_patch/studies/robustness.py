@@ -114,37 +114,34 @@ def evaluate_corruptions(model: nn.Module, images: Tensor, labels: Tensor, mean:
     device = torch.device(device)
     mean, std = [float(m) for m in mean], [float(s) for s in std]
     labels = labels.long()
-    score = lambda bad, bad_labels: _score(model, bad, bad_labels, mean, std, batch_size, device, amp, channels_last)
 
-    was_training = model.training
-    model.eval()
-    try:
-        results = {
-            "clean": score(images, labels),
-            "corruptions": {},
-            "source": str(corruptions_dir) if corruptions_dir is not None else "generated",
-            "seed": seed,
-            "severities": list(severities),
-            "amp": bool(amp),
-        }
-        source_images = images.to(device) if corruptions_dir is None else None
-        for number, name in enumerate(corruptions, 1):
-            results["corruptions"][name] = {}
-            for severity in severities:
-                if corruptions_dir is not None:
-                    bad, bad_labels = load_cifar_c(corruptions_dir, name, severity)
-                else:
-                    bad_labels = labels
-                    bad = torch.cat([corrupt(source_images[start:start + CORRUPTION_CHUNK], name, severity,
-                                             seed=seed * 2 ** 20 + k)
-                                     for k, start in enumerate(range(0, len(images), CORRUPTION_CHUNK))])
-                results["corruptions"][name][str(severity)] = score(bad, bad_labels)
-            if progress is not None:
-                cells = " ".join(f"{r['top1']:.1f}" for r in results["corruptions"][name].values())
-                progress(f"corruption {number}/{len(corruptions)} {name}: top-1 {cells} (severities "
-                         f"{' '.join(map(str, severities))})")
-    finally:
-        model.train(was_training)
+    def score(bad: Tensor, bad_labels: Tensor) -> dict:  # in eval mode without gradients, mode restored after
+        return _score(model, bad, bad_labels, mean, std, batch_size, device, amp, channels_last)
+
+    results = {
+        "clean": score(images, labels),
+        "corruptions": {},
+        "source": str(corruptions_dir) if corruptions_dir is not None else "generated",
+        "seed": seed,
+        "severities": list(severities),
+        "amp": bool(amp),
+    }
+    source_images = images.to(device) if corruptions_dir is None else None
+    for number, name in enumerate(corruptions, 1):
+        results["corruptions"][name] = {}
+        for severity in severities:
+            if corruptions_dir is not None:
+                bad, bad_labels = load_cifar_c(corruptions_dir, name, severity)
+            else:
+                bad_labels = labels
+                bad = torch.cat([corrupt(source_images[start:start + CORRUPTION_CHUNK], name, severity,
+                                         seed=seed * 2 ** 20 + k)
+                                 for k, start in enumerate(range(0, len(images), CORRUPTION_CHUNK))])
+            results["corruptions"][name][str(severity)] = score(bad, bad_labels)
+        if progress is not None:
+            cells = " ".join(f"{r['top1']:.1f}" for r in results["corruptions"][name].values())
+            progress(f"corruption {number}/{len(corruptions)} {name}: top-1 {cells} (severities "
+                     f"{' '.join(map(str, severities))})")
 
     table = results["corruptions"]
     results["corruption_mean"] = {n: sum(r["top1"] for r in table[n].values()) / len(table[n]) for n in table}

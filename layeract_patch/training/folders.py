@@ -17,6 +17,7 @@ from .data import find_imagefolder
 
 __all__ = ["image_folders", "check_images", "SeededDraws", "EpochOrder"]
 
+
 def image_folders(data_dir: str, train_transform=None, eval_transform=None):
     """(train, held-out) torchvision ImageFolders of `data_dir/train` and `data_dir/val` (or `test`).
 

@@ -32,14 +32,16 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, mean: Sequence[fl
     totals = torch.zeros(5, dtype=torch.float64, device=device)
     mean, std = (torch.as_tensor(v, dtype=torch.float32, device=device) for v in (mean, std))
     shard = torch.arange(dist.rank, len(images), dist.world_size, device=device)
-    for start in range(0, len(shard), batch_size):
-        index = shard[start:start + batch_size]
-        inputs = normalize(images[index], mean, std, channels_last=channels_last)
-        target = labels[index]
-        with autocast:
-            logits = model(inputs)
-        totals += batch_scores(logits, target)
-    model.train(was_training)
+    try:
+        for start in range(0, len(shard), batch_size):
+            index = shard[start:start + batch_size]
+            inputs = normalize(images[index], mean, std, channels_last=channels_last)
+            target = labels[index]
+            with autocast:
+                logits = model(inputs)
+            totals += batch_scores(logits, target)
+    finally:  # an error (or Ctrl-C) mid-evaluation hands the model back in the mode it came in
+        model.train(was_training)
     return summarize_scores(all_reduce_sum(totals, dist), "cannot evaluate on an empty set")
 
 
