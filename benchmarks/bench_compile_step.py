@@ -16,6 +16,8 @@ import sys
 import time
 
 import torch
+import torch._functorch.config
+import torch._inductor.config
 import torch.nn.functional as F
 
 from timing import machine, pin_heap, repeated_ratios, rounds_for
@@ -65,6 +67,10 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     pin_heap()
+    # Compile afresh: inductor's graph caches do not key on a custom op's tags or implementation, so a
+    # cached graph could be code compiled for an older version of LayerAct's op.
+    torch._inductor.config.fx_graph_cache = False
+    torch._functorch.config.enable_autograd_cache = False
     torch.manual_seed(0)
     images, labels = torch.randn(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
 

@@ -1,4 +1,5 @@
 """The LayerAct op as the tools around PyTorch see it: compile, export, second derivatives, torch.func."""
+import re
 import warnings
 
 import pytest
@@ -226,3 +227,37 @@ def test_inference_builds_no_autograd_node_and_matches_training_mode(mode):
         out = act(x)
     assert out.grad_fn is None and not out.requires_grad
     torch.testing.assert_close(out, expected.detach(), rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_compile_hands_the_op_the_layout_inductor_chose_without_conversions():
+    """Inductor runs convolutions channels_last; the ops take that layout as it is, so no kernel is generated
+    only to convert LayerAct's input or output (each one a pass over the activation, forward and backward)."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), LASiLU(), nn.Conv2d(16, 16, 3, padding=1),
+                        nn.BatchNorm2d(16), LAHardSiLU(affine=True, num_channels=16), nn.Conv2d(16, 8, 3, padding=1))
+    x = torch.randn(8, 3, 16, 16)
+    compiled = torch.compile(net)
+
+    def step():
+        out = compiled(x)
+        out.square().sum().backward()
+        return out
+
+    # the FX graph caches would hand back code compiled before, possibly by an older version of the op
+    with torch._inductor.config.patch(fx_graph_cache=False), torch._functorch.config.patch(enable_autograd_cache=False):
+        out, codes = run_and_get_code(step)
+    code = "\n".join(codes)
+    assert "layeract.layer_act.default(" in code and "layeract.layer_act_backward.default(" in code
+    kernels = set(re.findall(r"\bcpp_fused\w*", code))
+    assert kernels and not [k for k in kernels if "layer_act" in k], sorted(kernels)
+    grads = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    reference = reference_net(net)(x)
+    torch.testing.assert_close(out, reference, atol=1e-4, rtol=1e-4)
+    reference.square().sum().backward()
+    for got, p in zip(grads, net.parameters()):
+        torch.testing.assert_close(got, p.grad, atol=1e-3, rtol=1e-3)
