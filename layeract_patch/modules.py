@@ -54,7 +54,9 @@ class LayerAct(nn.Module):
             nn.init.zeros_(self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.affine and x.dim() > 1:
+        if not self.affine:  # skips nn.Module.__getattr__ for the two None parameters (a small call's cost counts)
+            return layer_act(x, self.kind, self.alpha, None, None, self.start_dim)
+        if x.dim() > 1:
             channels = x.shape[self.start_dim] if -x.dim() <= self.start_dim < x.dim() else None
             if channels != self.num_channels:
                 raise ValueError(f"{type(self).__name__} was built with num_channels={self.num_channels} but its input "

@@ -70,7 +70,7 @@ def _load(name: str, device: torch.device) -> Optional[ModuleType]:
 def select(x: torch.Tensor) -> ModuleType:
     # runs on every LayerAct call: one dict lookup once the choice for this setting and device is made
     env = os.environ.get(ENV_VAR)
-    key = (_forced, env, x.device.type)
+    key = (_forced, env, "cpu" if x.is_cpu else x.device.type)  # is_cpu: no torch.device object made
     backend_module = _chosen.get(key)
     if backend_module is None:
         requested = _requested(env)

@@ -175,7 +175,7 @@ def backward(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Option
     if dtype is None or not x.is_cpu or x.numel() == 0:
         return torch_ops.backward(grad, x, mean, rstd, weight, bias, kind, start_dim)
     xd, fmt = dense_layout(x, start_dim)
-    g = grad.to(x.dtype).contiguous(memory_format=fmt or torch.contiguous_format)
+    g = (grad if grad.dtype == x.dtype else grad.to(x.dtype)).contiguous(memory_format=fmt or torch.contiguous_format)
     rows, length, channels, inner = sample_geometry(xd, start_dim, fmt)
     dx = torch.empty_like(xd)
     w, b = _param(weight), _param(bias)
