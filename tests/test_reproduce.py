@@ -293,6 +293,29 @@ def test_smoke_preset_runs_resumes_and_reports(tmp_path, capsys, monkeypatch):
     assert "Robustness: top-1 (%) on the test set under the 19 CIFAR-C corruptions" in (out / "report.md").read_text()
 
 
+def test_a_run_records_the_code_it_started_from(tmp_path, capsys, monkeypatch):
+    """The checkout may move on while a run trains: the record names the commit at the run's start."""
+    from layeract_patch.studies import reproduce as runner
+
+    checkout = {"version": "a" * 40}
+    monkeypatch.setattr(runner, "_code_version", lambda root: checkout["version"])
+    real_popen = subprocess.Popen
+
+    class CommitDuringRun(real_popen):
+        def wait(self, *args, **kwargs):
+            checkout["version"] = "b" * 40  # a commit lands while the recipe runs
+            return super().wait(*args, **kwargs)
+
+    monkeypatch.setattr(runner.subprocess, "Popen", CommitDuringRun)
+    data = make_imagefolder(tmp_path / "data", classes=3, per_class=(10, 4))
+    out = tmp_path / "study"
+    code, _, err = reproduce("--preset", "smoke", "--data-dir", data, "--out", out, "--acts", "relu", "--seeds", "0",
+                             "--threads", "1", capsys=capsys)
+    assert code == 0, err
+    (meta,) = (out / "meta").glob("*.json")
+    assert json.loads(meta.read_text())["code_version"] == ["a" * 40]
+
+
 def test_a_background_study_stops_on_sigterm_and_its_run_can_continue(tmp_path):
     # Started as `cmd &` from a script, the runner has SIGINT ignored; SIGTERM must still stop it cleanly:
     # the running recipe saves a checkpoint (exit 130), nothing new starts, and no process is left behind.

@@ -178,6 +178,9 @@ def _launch(item: Planned, config: StudyConfig, stop: threading.Event) -> Dict:
     meta = _read_json(meta_path)
     log_path = config.out / "logs" / f"{spec.name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    # Taken before the recipe starts: the checkout may move on while a run trains for an hour, and the
+    # record must name the code that ran.
+    version = _code_version(config.recipes_root)
     start = time.perf_counter()
     with open(log_path, "a") as log:
         log.write(f"$ {shell_command(item.command, config.threads)}\n")
@@ -201,7 +204,7 @@ def _launch(item: Planned, config: StudyConfig, stop: threading.Event) -> Dict:
                                                   "returncode": returncode, "wall_seconds": wall}],
         "wall_seconds": meta.get("wall_seconds", 0.0) + wall,
         "returncode": returncode, "amp": config.amp, "data_dir": str(config.data_for(spec)),
-        "code_version": meta.get("code_version", []) + [_code_version(config.recipes_root)],
+        "code_version": meta.get("code_version", []) + [version],
     }
     write_json(meta, meta_path)  # atomic: a runner killed mid-write keeps the previous meta
     last_line = ""
