@@ -241,3 +241,25 @@ def test_benchmarks_print_one_line_per_figure(compiled):
                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "bf16 step LA-SiLU, 'cpu' kernel:" in run.stdout and "target <= 1.2x" in run.stdout, run.stdout
+
+
+@pytest.mark.slow
+def test_the_compile_benchmark_runs_for_either_kind(compiled):
+    """bench_compile_step.py end to end at a tiny size: graph facts, then one line per case with its range."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    run = subprocess.run([sys.executable, "benchmarks/bench_compile_step.py", "--kind", "hardsilu", "--depth", "8",
+                          "--batch", "4", "--budget", "0.1", "--repeats", "2", "--threads", "1"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "compiled LA-HardSiLU ResNet-8: 0 graph break(s), 7 layeract op node(s)" in run.stdout, run.stdout
+    lines = [line for line in run.stdout.splitlines() if line.startswith("  ")]
+    assert [" ".join(line.split()[:2]) for line in lines] == ["Hardswish, compiled", "LA-HardSiLU, compiled",
+                                                             "LA-HardSiLU, eager"], run.stdout
+    assert "ratio to the compiled Hardswish step" in run.stdout
+    assert all("x (" in line and "target" not in line for line in lines)  # the 1.15x target is LA-SiLU's alone
+
