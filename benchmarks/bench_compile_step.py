@@ -27,7 +27,8 @@ from layeract_patch.models import cifar_resnet
 
 TARGET = 1.15  # issue 12's target, set for LA-SiLU
 # --kind -> (element activation, its LayerAct, their labels)
-KINDS = {"silu": ("silu", "la_silu", "SiLU", "LA-SiLU"), "hardsilu": ("hardsilu", "la_hardsilu", "Hardswish", "LA-HardSiLU")}
+KINDS = {"silu": ("silu", "la_silu", "SiLU", "LA-SiLU"),
+         "hardsilu": ("hardsilu", "la_hardsilu", "Hardswish", "LA-HardSiLU")}
 
 
 def make_step(act: str, depth: int, images, labels, compiled: bool):

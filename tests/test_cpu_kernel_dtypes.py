@@ -221,45 +221,40 @@ def test_conversions_round_like_torch(compiled, tmp_path, monkeypatch, dtype, po
     torch.testing.assert_close(back, every.float(), rtol=0, atol=0, equal_nan=True)
 
 
-def test_benchmarks_print_one_line_per_figure(compiled):
-    """The benchmark scripts run end to end (tiny sizes) and print each figure with its median and range."""
+def _run_benchmark(script: str, *args: str, timeout: int = 300) -> str:
+    """stdout of `python benchmarks/<script> args...` on one thread, from the repository root; it must succeed."""
     import os
     import subprocess
     import sys
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
-    run = subprocess.run([sys.executable, "benchmarks/bench_activation.py", "--shapes", "4x4x8x8", "--budget", "0.05",
-                          "--threads", "1", "--dtypes", "fp32,bf16", "--repeats", "3"],
-                         cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, f"benchmarks/{script}", *args], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=timeout)
     assert run.returncode == 0, run.stderr[-2000:]
-    figures = [line for line in run.stdout.splitlines() if "(range " in line]
-    assert len(figures) == 4 and all("1 thread" in line for line in figures), run.stdout
-    assert sum("saved for backward" in line for line in run.stdout.splitlines()) == 4
-    run = subprocess.run([sys.executable, "benchmarks/bench_resnet_step.py", "--depth", "8", "--batch", "4",
-                          "--budget", "0.1", "--precision", "bf16", "--threads", "1"],
-                         cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert "bf16 step LA-SiLU, 'cpu' kernel:" in run.stdout and "target <= 1.2x" in run.stdout, run.stdout
+    return run.stdout
+
+
+def test_benchmarks_print_one_line_per_figure(compiled):
+    """The benchmark scripts run end to end (tiny sizes) and print each figure with its median and range."""
+    stdout = _run_benchmark("bench_activation.py", "--shapes", "4x4x8x8", "--budget", "0.05", "--threads", "1",
+                            "--dtypes", "fp32,bf16", "--repeats", "3")
+    figures = [line for line in stdout.splitlines() if "(range " in line]
+    assert len(figures) == 4 and all("1 thread" in line for line in figures), stdout
+    assert sum("saved for backward" in line for line in stdout.splitlines()) == 4
+    stdout = _run_benchmark("bench_resnet_step.py", "--depth", "8", "--batch", "4", "--budget", "0.1",
+                            "--precision", "bf16", "--threads", "1")
+    assert "bf16 step LA-SiLU, 'cpu' kernel:" in stdout and "target <= 1.2x" in stdout, stdout
 
 
 @pytest.mark.slow
 def test_the_compile_benchmark_runs_for_either_kind(compiled):
     """bench_compile_step.py end to end at a tiny size: graph facts, then one line per case with its range."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
-    run = subprocess.run([sys.executable, "benchmarks/bench_compile_step.py", "--kind", "hardsilu", "--depth", "8",
-                          "--batch", "4", "--budget", "0.1", "--repeats", "2", "--threads", "1"],
-                         cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert "compiled LA-HardSiLU ResNet-8: 0 graph break(s), 7 layeract op node(s)" in run.stdout, run.stdout
-    lines = [line for line in run.stdout.splitlines() if line.startswith("  ")]
+    stdout = _run_benchmark("bench_compile_step.py", "--kind", "hardsilu", "--depth", "8", "--batch", "4",
+                            "--budget", "0.1", "--repeats", "2", "--threads", "1", timeout=600)
+    assert "compiled LA-HardSiLU ResNet-8: 0 graph break(s), 7 layeract op node(s)" in stdout, stdout
+    lines = [line for line in stdout.splitlines() if line.startswith("  ")]
     assert [" ".join(line.split()[:2]) for line in lines] == ["Hardswish, compiled", "LA-HardSiLU, compiled",
-                                                             "LA-HardSiLU, eager"], run.stdout
-    assert "ratio to the compiled Hardswish step" in run.stdout
+                                                             "LA-HardSiLU, eager"], stdout
+    assert "ratio to the compiled Hardswish step" in stdout
     assert all("x (" in line and "target" not in line for line in lines)  # the 1.15x target is LA-SiLU's alone
-
