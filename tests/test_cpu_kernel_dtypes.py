@@ -127,6 +127,24 @@ def test_half_precision_large_samples_split_across_threads(c_only, dtype, channe
         check(x, kind, affine=True)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", (torch.float32,) + HALF, ids=["fp32", "bf16", "fp16"])
+def test_samples_larger_than_l1_are_applied_after_all_statistics(c_only, dtype, channels_last):
+    # 81920 values a sample (160 KiB in half precision) exceed any L1 data cache, and there are more samples
+    # than threads: the forward takes every sample's statistics first, then applies them
+    torch.set_num_threads(2)
+    x = (torch.randn(4, 20, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 + 1).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    check(x, "silu", affine=True)
+    # HardSiLU's output only: among 327680 values some z lands within rounding of the kinks at +-3, where
+    # float32 and float64 may pick different sides of a jump in the gradient (the backward is not new here)
+    weight, bias = params(x.shape[1])
+    out = layer_act(x, "hardsilu", 1e-5, weight, bias)
+    ref = la_reference(x.double(), "hardsilu", 1e-5, weight.detach().double(), bias.detach().double())
+    assert_close_scaled(out.detach(), ref, RTOL.get(dtype, 1e-4))
+
+
 @pytest.mark.parametrize("dtype", HALF, ids=["bf16", "fp16"])
 def test_half_precision_nan_spreads_over_its_sample(c_only, dtype):
     x = torch.randn(3, 4, 5, 5).to(dtype)

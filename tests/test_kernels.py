@@ -204,6 +204,21 @@ def test_forced_backends_by_call_and_environment(compiled, fresh_dispatch, monke
         layeract_patch.backend()
 
 
+def test_the_backend_variable_is_read_each_call_with_or_without_os_environs_own_dict(compiled, fresh_dispatch,
+                                                                                   monkeypatch):
+    # select() reads the variable from os.environ's dict (os.environ.get costs microseconds a call); where that
+    # dict is not there it falls back to os.environ.get. Either way a change takes effect at the next call.
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(_kernels, "_ENV_KEY", None)
+        monkeypatch.setenv("LAYERACT_BACKEND", "torch")
+        assert layeract_patch.backend() == "torch"
+        monkeypatch.setenv("LAYERACT_BACKEND", "cpu")
+        assert layeract_patch.backend() == "cpu"
+        monkeypatch.delenv("LAYERACT_BACKEND")
+        assert layeract_patch.backend() == "cpu"  # auto
+
+
 def test_missing_compiler_falls_back_with_one_warning(fresh_dispatch, monkeypatch, tmp_path):
     monkeypatch.setenv("LAYERACT_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))

@@ -67,9 +67,23 @@ def _load(name: str, device: torch.device) -> Optional[ModuleType]:
     return _modules[key]
 
 
+# select() runs on every LayerAct call. os.environ.get costs microseconds there (it encodes the key and,
+# when the variable is unset, raises and catches a KeyError), more than a small activation's kernel, so
+# the variable is read from os.environ's own dict, which os.environ[...] = and monkeypatch.setenv update.
+_ENVIRON = getattr(os.environ, "_data", None)
+_ENV_KEY = os.environ.encodekey(ENV_VAR) if _ENVIRON is not None and hasattr(os.environ, "encodekey") else None
+
+
+def _env_value() -> Optional[str]:
+    if _ENV_KEY is None:
+        return os.environ.get(ENV_VAR)
+    value = _ENVIRON.get(_ENV_KEY)
+    return value if value is None or isinstance(value, str) else os.environ.decodevalue(value)
+
+
 def select(x: torch.Tensor) -> ModuleType:
-    # runs on every LayerAct call: one dict lookup once the choice for this setting and device is made
-    env = os.environ.get(ENV_VAR)
+    # one dict lookup once the choice for this setting and device is made
+    env = _env_value()
     key = (_forced, env, "cpu" if x.is_cpu else x.device.type)  # is_cpu: no torch.device object made
     backend_module = _chosen.get(key)
     if backend_module is None:
