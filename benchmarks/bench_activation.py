@@ -3,6 +3,7 @@
     python benchmarks/bench_activation.py                       # issue 12's figures: fp32 and bf16, 1 and 2 threads
     python benchmarks/bench_activation.py --shapes 8x16x32x32 --budget 2 --kinds silu --dtypes fp32 --threads 1
     python benchmarks/bench_activation.py --compare --dtypes fp32 --threads 1   # also the eager and plain-formula paths
+    python benchmarks/bench_activation.py --kernels-alone --kinds hardsilu --dtypes fp32   # also without autograd
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_activation.py --cpu-clock --threads 1   # on a shared machine
 
 For each activation kind, dtype, thread count and shape it prints one line: the time of one
@@ -11,6 +12,10 @@ forward+backward of LayerAct's fused 'cpu' kernel as a multiple of the plain act
 interleaved measurement and the range of those repetitions, and the verdict against issue 12's
 fp32 target (at most 1.3x at its four shapes). It then prints the bytes autograd keeps for
 backward as a multiple of the input's bytes, per dtype.
+
+--kernels-alone adds a line per case for the kernels called directly, without autograd and without
+LayerAct's Python layers: the 'cpu' backend's forward and backward against aten's element-wise
+forward and backward ops. Its distance from the main line is what the Python autograd path costs.
 """
 from __future__ import annotations
 
@@ -28,6 +33,8 @@ from timing import machine, pin_heap, repeated_ratios, rounds_for, saved_bytes
 
 import layeract_patch
 from layeract_patch import la_reference, layer_act, set_backend
+from layeract_patch._kernels import cpu_kernel
+from layeract_patch.functional import DEFAULT_ALPHA
 
 DEFAULT_SHAPES = "128x16x32x32,128x32x16x16,128x64x8x8,16x256x56x56"
 TARGET_SHAPES = {(128, 16, 32, 32), (128, 32, 16, 16), (128, 64, 8, 8), (16, 256, 56, 56)}
@@ -37,6 +44,8 @@ BASELINE = {"silu": ("nn.SiLU", nn.SiLU), "hardsilu": ("nn.Hardswish", nn.Hardsw
 LABEL = {"silu": "LA-SiLU", "hardsilu": "LA-HardSiLU"}
 SCALE = {"silu": torch.sigmoid, "hardsilu": F.hardsigmoid}
 FUSED = "LayerAct, 'cpu' kernel"
+ATEN_PAIR = {"silu": (torch.ops.aten.silu, torch.ops.aten.silu_backward),
+             "hardsilu": (torch.ops.aten.hardswish, torch.ops.aten.hardswish_backward)}
 
 
 def with_backend(name: str, kind: str) -> Callable[[Tensor], Tensor]:
@@ -96,6 +105,27 @@ def measure(kind: str, x: Tensor, budget: float, repeats: int, compare: bool,
     return result
 
 
+def kernels_alone(kind: str, x: Tensor, budget: float, repeats: int,
+                  clock: Callable[[], float]) -> Tuple[float, float, float, float]:
+    """(median ratio, lowest, highest, aten's median seconds): the 'cpu' backend's forward+backward over
+    aten's element-wise forward+backward ops, each called directly (no autograd, no LayerAct checks)."""
+    xd, grad = x.detach(), torch.randn_like(x)
+    forward, backward = ATEN_PAIR[kind]
+
+    def aten() -> None:
+        forward(xd)
+        backward(grad, xd)
+
+    def fused() -> None:
+        _, mean, rstd = cpu_kernel.forward(xd, None, None, kind, DEFAULT_ALPHA, 1)
+        cpu_kernel.backward(grad, xd, mean, rstd, None, None, kind, 1)
+
+    cases = {"aten": aten, "fused": fused}
+    rounds = rounds_for(cases, budget / repeats, lo=5, hi=200)
+    result = repeated_ratios(cases, "aten", rounds, repeats, clock=clock)
+    return result["fused"][:3] + (result["aten"][3],)
+
+
 def saved_line(kind: str, dtype_name: str, shape: Tuple[int, ...]) -> str:
     x = make_input(shape, DTYPES[dtype_name], False)
     set_backend("cpu")
@@ -116,6 +146,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="repetitions of the interleaved measurement")
     parser.add_argument("--compare", action="store_true",
                         help="also time GroupNorm(1), the plain formula and the eager 'torch' backend")
+    parser.add_argument("--kernels-alone", action="store_true",
+                        help="also time the kernels without autograd: the 'cpu' backend's forward and backward "
+                             "against aten's element-wise ops")
     parser.add_argument("--channels-last", action="store_true", help="time channels_last inputs")
     parser.add_argument("--default-heap", action="store_true",
                         help="leave glibc's heap trimming on (see timing.pin_heap for why it is off by default)")
@@ -166,6 +199,12 @@ def main(argv=None) -> int:
                         print(f"{dtype_name} {count} thread{'s' if count > 1 else ''} {who} {'x'.join(map(str, shape))}: "
                               f"{ratio:.3f}x {base_name} (range {lo:.3f}-{hi:.3f}; {base_name} "
                               f"{result[base_name][3] * 1e3:.2f} ms){verdict}", flush=True)
+                    if args.kernels_alone:
+                        ratio, lo, hi, seconds = kernels_alone(kind, x, args.budget, args.repeats, clock)
+                        aten_name = "+".join(op.__name__.split(".")[-1] for op in ATEN_PAIR[kind])
+                        print(f"{dtype_name} {count} thread{'s' if count > 1 else ''} {LABEL[kind]} "
+                              f"{'x'.join(map(str, shape))}, kernels alone (no autograd): {ratio:.3f}x aten "
+                              f"{aten_name} (range {lo:.3f}-{hi:.3f}; aten {seconds * 1e3:.3f} ms)", flush=True)
     for dtype_name in dtypes:
         for kind in kinds:
             print(saved_line(kind, dtype_name, shapes[0]))

@@ -260,6 +260,10 @@ def test_benchmarks_print_one_line_per_figure(compiled):
     figures = [line for line in stdout.splitlines() if "(range " in line]
     assert len(figures) == 4 and all("1 thread" in line for line in figures), stdout
     assert sum("saved for backward" in line for line in stdout.splitlines()) == 4
+    stdout = _run_benchmark("bench_activation.py", "--shapes", "4x4x8x8", "--budget", "0.05", "--threads", "1",
+                            "--dtypes", "fp32", "--kinds", "hardsilu", "--kernels-alone")
+    alone = [line for line in stdout.splitlines() if "kernels alone (no autograd)" in line]
+    assert len(alone) == 1 and "x aten hardswish+hardswish_backward (range " in alone[0], stdout
     stdout = _run_benchmark("bench_resnet_step.py", "--depth", "8", "--batch", "4", "--budget", "0.1",
                             "--precision", "bf16", "--threads", "1")
     assert "bf16 step LA-SiLU, 'cpu' kernel:" in stdout and "target <= 1.2x" in stdout, stdout
