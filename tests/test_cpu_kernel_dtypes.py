@@ -129,9 +129,9 @@ def test_half_precision_large_samples_split_across_threads(c_only, dtype, channe
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", (torch.float32,) + HALF, ids=["fp32", "bf16", "fp16"])
-def test_samples_larger_than_l1_are_applied_after_all_statistics(c_only, dtype, channels_last):
+def test_samples_larger_than_l1_match_float64(c_only, dtype, channels_last):
     # 81920 values a sample (160 KiB in half precision) exceed any L1 data cache, and there are more samples
-    # than threads: the forward takes every sample's statistics first, then applies them
+    # than threads: each sample's statistics and outputs in turn, not cut into chunks
     torch.set_num_threads(2)
     x = (torch.randn(4, 20, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 + 1).to(dtype)
     if channels_last:

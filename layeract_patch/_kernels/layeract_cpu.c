@@ -5,10 +5,9 @@
  *   interleaved: [outer][C]  (channels_last, or the channel dim last; parameters vary along a span)
  * Without an affine the row is one planar channel (C = 1, weight 1, bias 0).
  *
- * A sample that fits in L1 is applied right after its statistics are taken, while it is still
- * there; larger samples get all their statistics first (see forward_all). Samples run in
- * parallel; when there are fewer samples than threads and they are large, each sample is cut
- * into chunks instead (two parallel phases).
+ * A sample's statistics are taken and then applied while its slice is still in cache, so the
+ * kernel moves the same bytes as SiLU. Samples run in parallel; when there are fewer samples
+ * than threads and they are large, each sample is cut into chunks instead (two parallel phases).
  * Sums are taken in float over short blocks (vectorised) and carried in double across blocks;
  * the variance uses sums shifted by the sample's first value, so a large mean cannot cancel it,
  * and a block whose float sums overflow (values of 1e19 and more) is summed again in double, so
@@ -30,7 +29,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -379,19 +377,6 @@ static void forward_apply(const Layout *L, const void *x, void *y, int64_t r, in
     }
 }
 
-/* The L1 data cache's size in bytes (32 KiB where the C library cannot say). */
-static int64_t l1_bytes(void) {
-    static int64_t bytes = 0;
-    if (bytes == 0) {
-        long found = -1;
-#ifdef _SC_LEVEL1_DCACHE_SIZE
-        found = sysconf(_SC_LEVEL1_DCACHE_SIZE);
-#endif
-        bytes = found > 0 ? found : 32768;
-    }
-    return bytes;
-}
-
 static void forward_all(const Layout *L, const void *x, void *y, float *mean, float *rstd, float alpha, int kind,
                         int threads) {
     int64_t len = L->len, rows = L->rows;
@@ -399,24 +384,13 @@ static void forward_all(const Layout *L, const void *x, void *y, float *mean, fl
     int64_t chunks = chunked ? (threads + rows - 1) / rows : 1;
     double *part = chunked ? (double *)calloc((size_t)(rows * chunks * 2), sizeof(double)) : NULL;
     if (!part) {
-        /* A sample that fits in L1 is applied right after its statistics, while it is still there. A larger one
-         * would be read back from L2, and reading it back from memory after all statistics measured faster
-         * (AMD Zen 4, 64 KiB samples; equal at 32 KiB): then the statistics of all samples come first. */
-        int later = len * (L->dtype == F32 ? 4 : 2) > l1_bytes();
-        #pragma omp parallel num_threads(threads) if (rows * len >= PARALLEL_MIN && rows > 1)
-        {
-            #pragma omp for schedule(static)
-            for (int64_t r = 0; r < rows; ++r) {
-                float shift = first_value(L, x, r);
-                double s1 = 0.0, s2 = 0.0;
-                sample_sums(L, x, r, 0, len, shift, &s1, &s2);
-                finish_stats(s1, s2, len, shift, alpha, &mean[r], &rstd[r]);
-                if (!later) forward_apply(L, x, y, r, 0, len, mean[r], rstd[r], kind);
-            }
-            if (later) {
-                #pragma omp for schedule(static)
-                for (int64_t r = 0; r < rows; ++r) forward_apply(L, x, y, r, 0, len, mean[r], rstd[r], kind);
-            }
+        #pragma omp parallel for schedule(static) num_threads(threads) if (rows * len >= PARALLEL_MIN && rows > 1)
+        for (int64_t r = 0; r < rows; ++r) {
+            float shift = first_value(L, x, r);
+            double s1 = 0.0, s2 = 0.0;
+            sample_sums(L, x, r, 0, len, shift, &s1, &s2);
+            finish_stats(s1, s2, len, shift, alpha, &mean[r], &rstd[r]);
+            forward_apply(L, x, y, r, 0, len, mean[r], rstd[r], kind);
         }
         return;
     }
