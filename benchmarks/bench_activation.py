@@ -201,7 +201,7 @@ def main(argv=None) -> int:
                               f"{result[base_name][3] * 1e3:.2f} ms){verdict}", flush=True)
                     if args.kernels_alone:
                         ratio, lo, hi, seconds = kernels_alone(kind, x, args.budget, args.repeats, clock)
-                        aten_name = "+".join(op.__name__.split(".")[-1] for op in ATEN_PAIR[kind])
+                        aten_name = "+".join(op.__name__ for op in ATEN_PAIR[kind])
                         print(f"{dtype_name} {count} thread{'s' if count > 1 else ''} {LABEL[kind]} "
                               f"{'x'.join(map(str, shape))}, kernels alone (no autograd): {ratio:.3f}x aten "
                               f"{aten_name} (range {lo:.3f}-{hi:.3f}; aten {seconds * 1e3:.3f} ms)", flush=True)

@@ -142,6 +142,10 @@ def available(device: torch.device) -> bool:
     return True
 
 
+def _ptr(t: Optional[Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
 def _param(p: Optional[Tensor]) -> Optional[Tensor]:
     """The parameter as the kernel reads it: float32, contiguous (a no-op for autocast's float32 parameters)."""
     return None if p is None else p.detach().to(torch.float32).contiguous()
@@ -158,12 +162,10 @@ def forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], kind: s
     # two allocations, not views of one: a custom op's outputs may not alias each other
     mean = torch.empty(rows, dtype=torch.float32)
     rstd = torch.empty(rows, dtype=torch.float32)
-    w = b = None
-    if weight is not None:
-        weight, bias = _param(weight), _param(bias)  # kept in these names: they must outlive the kernel call
-        w, b = weight.data_ptr(), bias.data_ptr()
-    library().layeract_forward(xd.data_ptr(), out.data_ptr(), mean.data_ptr(), rstd.data_ptr(), w, b, rows, length,
-                               channels, inner, alpha, kernel_code(kind), dtype, torch.get_num_threads())
+    weight, bias = _param(weight), _param(bias)
+    library().layeract_forward(xd.data_ptr(), out.data_ptr(), mean.data_ptr(), rstd.data_ptr(), _ptr(weight),
+                               _ptr(bias), rows, length, channels, inner, alpha, kernel_code(kind), dtype,
+                               torch.get_num_threads())
     return out, mean, rstd
 
 
@@ -173,19 +175,17 @@ def backward(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Option
     if dtype is None or not x.is_cpu or x.numel() == 0:
         return torch_ops.backward(grad, x, mean, rstd, weight, bias, kind, start_dim)
     xd, fmt = dense_layout(x, start_dim)
-    g = grad if grad.dtype == x.dtype else grad.to(x.dtype)
-    g = g.contiguous(memory_format=fmt) if fmt is not None else g.contiguous()
+    g = (grad if grad.dtype == x.dtype else grad.to(x.dtype)).contiguous(memory_format=fmt or torch.contiguous_format)
     rows, length, channels, inner = sample_geometry(xd, start_dim, fmt)
     dx = torch.empty_like(xd)
-    w = b = dweight = dbias = dw = db = None
+    w, b = _param(weight), _param(bias)
+    dweight = dbias = None
     if weight is not None:
-        weight32, bias32 = _param(weight), _param(bias)  # named: they must outlive the kernel call
         dweight = torch.empty(channels, dtype=torch.float32)
         dbias = torch.empty(channels, dtype=torch.float32)
-        w, b, dw, db = weight32.data_ptr(), bias32.data_ptr(), dweight.data_ptr(), dbias.data_ptr()
-    status = library().layeract_backward(g.data_ptr(), xd.data_ptr(), mean.data_ptr(), rstd.data_ptr(), w, b,
-                                         dx.data_ptr(), dw, db, rows, length, channels, inner, kernel_code(kind),
-                                         dtype, torch.get_num_threads())
+    status = library().layeract_backward(g.data_ptr(), xd.data_ptr(), mean.data_ptr(), rstd.data_ptr(), _ptr(w),
+                                         _ptr(b), dx.data_ptr(), _ptr(dweight), _ptr(dbias), rows, length, channels,
+                                         inner, kernel_code(kind), dtype, torch.get_num_threads())
     if status != 0:
         raise MemoryError("layeract_patch: the CPU kernel could not allocate its gradient buffers")
     if weight is not None:

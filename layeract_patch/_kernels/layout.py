@@ -21,8 +21,6 @@ def dense_layout(x: Tensor, start_dim: int) -> Tuple[Tensor, Optional[torch.memo
     The format is channels_last(_3d) when x is in it (start_dim 1), else None for a contiguous
     tensor (x itself, or a contiguous copy of an input with other strides).
     """
-    if x.is_contiguous():  # the common case in one check (a tensor that is also channels_last reads as contiguous)
-        return x, None
     fmt = channels_last_format(x, start_dim)
     return (x, fmt) if fmt is not None else (x.contiguous(), None)
 
@@ -56,10 +54,8 @@ def as_rows(x: Tensor, start_dim: int) -> Tuple[Tensor, Callable[[Tensor], Tenso
 
 def sample_geometry(x: Tensor, start_dim: int, fmt: Optional[torch.memory_format]) -> Tuple[int, int, int, int]:
     """(rows, elements per row, channels, inner) of a `dense_layout` tensor; inner is the run of one channel."""
-    shape = x.shape
-    rows = shape[0] if start_dim == 1 else math.prod(shape[:start_dim])  # the common case without math.prod
-    length = x.numel() // rows if rows else math.prod(shape[start_dim:])
-    channels = shape[start_dim]
+    rows, channels = row_count(x, start_dim), x.shape[start_dim]
+    length = math.prod(x.shape[start_dim:])
     return rows, length, channels, 1 if fmt is not None else length // max(channels, 1)
 
 
