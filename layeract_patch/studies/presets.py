@@ -3,6 +3,8 @@
 Presets
     paper  the paper's full schedule and grids, for a GPU (see `paper`).
     cpu    a declared reduced schedule that fits a few hours on 2 CPU cores (see `cpu`).
+    cpu_models  the mission's own models at the `cpu` schedule: the paper's CNN and ResNet-44 (see `cpu_models`).
+    sources  trained ResNet-20s to convert and fine-tune (docs/results/finetune; see `sources`).
     smoke  a tiny grid for tests and a first try (see `smoke`).
 Selection: `select` filters a preset by activation, depth, norm and model, sets its seeds and may
 shorten (or lengthen) the schedule.
@@ -121,6 +123,26 @@ def cpu(seeds: Sequence[int] = (0, 1, 2)) -> List[RunSpec]:
             + grid("cifar_resnet", [32], "none", ("silu", "la_silu"), "torch", seeds, "cifar10", short))
 
 
+def cpu_models(seeds: Sequence[int] = (0, 1, 2)) -> List[RunSpec]:
+    """The `cpu` schedule for the two models the paper's Table 2 and appendix use, without normalization.
+
+    The paper's 15-conv CNN, He init, lr 0.01 x SiLU / LA-SiLU / affine LA-SiLU (Table 2, where the affine form
+    gives the paper's largest gain), and ResNet-44, the authors' init, lr 0.01 x SiLU / LA-SiLU (the appendix);
+    3 seeds, CIFAR-10. One single-thread ResNet-44 run takes about twice a ResNet-20 run.
+    """
+    short = Schedule(max_iter=2500, eval_every=250)
+    return (grid("layeract_cnn", [None], "none", ("silu", "la_silu", "la_silu_affine"), "he", seeds, "cifar10", short)
+            + grid("cifar_resnet", [44], "none", ("silu", "la_silu"), "torch", seeds, "cifar10", short))
+
+
+def sources(seeds: Sequence[int] = (0, 1, 2)) -> List[RunSpec]:
+    """Trained models for calibrated conversion and fine-tuning (docs/results/finetune): ResNet-20, BN, He init,
+    x SiLU / ReLU / Hardswish ("hardsilu"), the `cpu` schedule, seed by seed so each activation has a model early."""
+    short = Schedule(max_iter=2500, eval_every=250)
+    return [run for seed in seeds
+            for run in grid("cifar_resnet", [20], "bn", ("silu", "relu", "hardsilu"), "he", [seed], "cifar10", short)]
+
+
 def smoke(seeds: Sequence[int] = (0, 1)) -> List[RunSpec]:
     """Tiny, for tests and a first try on any data: ResNet-8, BN, ReLU and LA-SiLU x 2 seeds, 12 iterations
     of batch 8 (lr / 10 at 6 and 9), validation every 6. Seconds per run on one thread."""
@@ -128,7 +150,8 @@ def smoke(seeds: Sequence[int] = (0, 1)) -> List[RunSpec]:
     return grid("cifar_resnet", [8], "bn", ("relu", "la_silu"), "he", seeds, "cifar10", tiny)
 
 
-PRESETS: Dict[str, Callable[..., List[RunSpec]]] = {"paper": paper, "cpu": cpu, "smoke": smoke}
+PRESETS: Dict[str, Callable[..., List[RunSpec]]] = {"paper": paper, "cpu": cpu, "cpu_models": cpu_models,
+                                                    "sources": sources, "smoke": smoke}
 
 
 def select(preset: str, acts: Optional[Sequence[str]] = None, seeds: Optional[Sequence[int]] = None,
