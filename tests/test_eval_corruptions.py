@@ -138,8 +138,8 @@ def test_a_run_written_before_the_architecture_was_recorded_still_loads(run_dir,
     assert (after.mean, after.std, after.classes) == (before.mean, before.std, before.classes)
 
 
-def test_cnn_recipe_on_a_cifar_root_evaluates_and_the_recipe_reads_the_root(tmp_path, capsys):
-    root = make_cifar_root(tmp_path / "cifar")
+def test_cnn_recipe_on_a_cifar_root_evaluates_and_the_recipe_reads_the_root(tmp_path, capsys, monkeypatch):
+    root = make_cifar_root(tmp_path / "cifar", monkeypatch=monkeypatch)
     out = tmp_path / "cnn"
     assert recipe(CNN, "--data-dir", root, "--no-download", "--out", out, *TINY, "--eval-corruptions",
                   "--corruptions", "brightness", "--corruption-severities", "5", capsys=capsys)[0] == 0

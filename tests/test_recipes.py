@@ -79,8 +79,8 @@ def test_resnet_recipe_on_imagefolder_with_two_seeds(folder, tmp_path, capsys):
     assert "best / mean (std) over 2 seeds" in stdout
 
 
-def test_cnn_recipe_on_cifar_pickle_root_without_norm(tmp_path, capsys):
-    root = make_cifar_root(tmp_path / "cifar")
+def test_cnn_recipe_on_cifar_pickle_root_without_norm(tmp_path, capsys, monkeypatch):
+    root = make_cifar_root(tmp_path / "cifar", monkeypatch=monkeypatch)
     code, _, _ = recipe(CNN, "--data-dir", root, "--dataset", "cifar10", "--norm", "none", "--act",
                         "la_hardsilu_affine", "--amp", "--channels-last", "--no-download", "--out", tmp_path / "run",
                         "--max-iter", "3", "--batch-size", "8", "--eval-every", "3", "--val-fraction", "0",

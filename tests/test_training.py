@@ -46,8 +46,9 @@ def make_imagefolder(root: Path, classes=3, per_class=(12, 4), size=32, gray=Fal
     return root
 
 
-def make_cifar_root(root: Path, dataset="cifar10", per_file=6, test=10, seed=0) -> Path:
-    """The pickle layout torchvision downloads (cifar-10-batches-py/ or cifar-100-python/), tiny."""
+def make_cifar_root(root: Path, dataset="cifar10", per_file=6, test=10, seed=0, *, monkeypatch) -> Path:
+    """The pickle layout torchvision downloads (cifar-10-batches-py/ or cifar-100-python/), tiny. The loader reads
+    only files whose md5 torchvision lists: `monkeypatch` puts these files' md5s in that list for the test."""
     rng = np.random.default_rng(seed)
     classes = 10 if dataset == "cifar10" else 100
     label_key = "labels" if dataset == "cifar10" else "fine_labels"
@@ -70,6 +71,13 @@ def make_cifar_root(root: Path, dataset="cifar10", per_file=6, test=10, seed=0) 
     for name, content in files.items():
         with open(folder / name, "wb") as f:
             pickle.dump(content, f)
+    import torchvision.datasets as tvd
+    from torchvision.datasets.utils import calculate_md5
+
+    cls = tvd.CIFAR10 if dataset == "cifar10" else tvd.CIFAR100
+    for key in ("train_list", "test_list"):
+        monkeypatch.setattr(cls, key, [[name, calculate_md5(str(folder / name))] for name, _ in getattr(cls, key)])
+    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": calculate_md5(str(folder / cls.meta["filename"]))})
     return root
 
 
@@ -183,8 +191,8 @@ def test_imagefolder_grayscale_resize_and_errors(tmp_path):
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
-def test_cifar_pickle_root(tmp_path, dataset):
-    root = make_cifar_root(tmp_path / dataset, dataset)
+def test_cifar_pickle_root(tmp_path, dataset, monkeypatch):
+    root = make_cifar_root(tmp_path / dataset, dataset, monkeypatch=monkeypatch)
     images, labels, classes = load_images(root, dataset, train=True, download=False)
     assert images.shape == (30, 3, 32, 32) and images.dtype == torch.uint8 and labels.dtype == torch.int64
     assert len(classes) == (10 if dataset == "cifar10" else 100)

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
+import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import IO, Iterator, List, Mapping, Optional, Sequence, Union
 
@@ -66,11 +69,23 @@ def load_checkpoint(path: PathLike, map_location="cpu") -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; check the path (or start without --resume)")
     try:
-        # weights_only=False: our checkpoints hold RNG states and plain-python history next to the tensors.
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        # weights_only: unpickling rebuilds tensors and plain data only (what Run.state_dict holds: RNG states
+        # are tensors, settings and records plain python) and never calls what a file names, so a planted
+        # checkpoint cannot run code.
+        with warnings.catch_warnings():  # a foreign file's pickle protocol: the error below says enough
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        if isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
+            # torch's message: what it refused (a GLOBAL such as posix.system, or an opcode) after its boilerplate
+            found = re.search(r"GLOBAL [\w.]+|Unsupported [^.\n]*", str(err))
+            raise ValueError(f"checkpoint {str(path)!r} is corrupt or holds more than tensors and plain data"
+                             f"{f' ({found.group(0)})' if found else ''}; refused, nothing in it was run (checkpoints "
+                             f"are loaded weights-only, as a pickle can run code): delete it, or give a checkpoint "
+                             f"these recipes wrote") from None
         raise ValueError(f"checkpoint {str(path)!r} is corrupt or not a torch checkpoint ({type(err).__name__}: "
-                         f"{err}); delete it to start over") from err
+                         f"{lines[0] if lines else ''}); delete it to start over") from err
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {str(path)!r} holds a {type(state).__name__}, expected a dict")
     return state

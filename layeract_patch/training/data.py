@@ -3,9 +3,9 @@
 Decoding happens once, up front; the training loop then indexes and augments whole batches on the
 device (see augment.py), as airbench does, instead of running PIL transforms per image per epoch.
 
-CIFAR roots are read with our own reader of the pickle format rather than torchvision's class, which
-md5-checks every file on construction (slow, and it rejects any CIFAR-format set but the official one);
-torchvision is still what downloads them.
+CIFAR roots are the official batches torchvision downloads. The format is a pickle, and unpickling a
+file can run code, so each file's md5 is checked against torchvision's list before it is read: any
+other file is refused, named. Other data goes in an ImageFolder.
 """
 from __future__ import annotations
 
@@ -196,8 +196,11 @@ def _cifar_present(root: Path, dataset: str, train: bool) -> bool:
 
 def _read_cifar(root: Path, dataset: str, train: bool) -> Images:
     folder, train_files, test_files, meta, label_key, names_key = _CIFAR_LAYOUT[dataset]
+    names = (train_files if train else test_files) + [meta]
+    for name in names:  # every file first: nothing is unpickled from a root that holds one planted file
+        _check_official(root / folder / name, dataset)
     arrays, labels = [], []
-    for name in train_files if train else test_files:
+    for name in names[:-1]:
         entry = _unpickle(root / folder / name)
         arrays.append(torch.as_tensor(entry["data"], dtype=torch.uint8))
         labels += list(entry[label_key])
@@ -206,8 +209,22 @@ def _read_cifar(root: Path, dataset: str, train: bool) -> Images:
     return images.contiguous(), torch.tensor(labels, dtype=torch.long), classes
 
 
+def _check_official(path: Path, dataset: str) -> None:
+    """ValueError naming `path` unless its md5 is the one torchvision lists for the official file."""
+    import torchvision.datasets as tvd
+    from torchvision.datasets.utils import check_integrity
+
+    cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[dataset]
+    official = dict(cls.train_list + cls.test_list + [[cls.meta["filename"], cls.meta["md5"]]])
+    if not check_integrity(str(path), official[path.name]):
+        raise ValueError(f"CIFAR file {str(path)!r} is not the official {dataset} file (its md5 differs from "
+                         f"torchvision's list); refused without unpickling it, as a pickle can run code: delete "
+                         f"{str(path.parent)!r} "
+                         f"to download it again, or give other data as an ImageFolder (train/<class>/, test/<class>/)")
+
+
 def _unpickle(path: Path) -> dict:
-    # The CIFAR format is a pickle; only read roots you trust (torchvision's loader does the same).
+    # Only files _check_official passed get here: the official batches, which hold plain data.
     try:
         with open(path, "rb") as f:
             return pickle.load(f, encoding="latin1")
