@@ -116,3 +116,58 @@ def test_a_planted_cifar_batch_is_refused_before_anything_is_unpickled(tmp_path,
                              "--batch-size", "8", capsys=capsys)
     assert code == 2 and not marker.exists() and not (tmp_path / "run").exists()
     one_error_line(stderr, str(root / "cifar-10-batches-py" / planted), "md5")
+
+
+# ---- the compiled kernel cache: owner and permissions checked ----
+
+PLANTED_LIBRARY = r"""
+#include <stdio.h>
+__attribute__((constructor)) static void planted(void) { FILE *f = fopen(MARKER, "w"); if (f) fclose(f); }
+"""
+
+
+@pytest.fixture
+def fresh_dispatch(monkeypatch):
+    """Forget which backends loaded (and warned), and restore that memory afterwards."""
+    from layeract_patch import _kernels
+    from layeract_patch._kernels import cpu_kernel
+
+    monkeypatch.setattr(_kernels, "_modules", {})
+    monkeypatch.setattr(_kernels, "_chosen", {})
+    cpu_kernel.library.cache_clear()
+    yield cpu_kernel
+    cpu_kernel.library.cache_clear()
+
+
+def test_a_library_others_could_plant_is_never_loaded(compiled, fresh_dispatch, tmp_path, monkeypatch):
+    from layeract_patch.functional import la_reference, la_silu
+
+    cpu_kernel = fresh_dispatch
+    cache, marker = tmp_path / "cache", tmp_path / "marker"
+    monkeypatch.setenv("LAYERACT_CACHE_DIR", str(cache))
+    library = cpu_kernel.build()  # the name the kernel is cached under; then someone else's library there
+    assert oct(cache.stat().st_mode & 0o777) == "0o700"  # a cache folder this package makes is private
+    source = tmp_path / "planted.c"
+    source.write_text(PLANTED_LIBRARY)
+    subprocess.run(cpu_kernel.find_compiler() + ["-shared", "-fPIC", f'-DMARKER="{marker}"', str(source), "-o",
+                                                 str(library)], check=True)
+    cases = [(library, 0o664, cache, 0o700, "file", "writable by group or others"),
+             (library, 0o600, cache, 0o777, "folder", "writable by group or others")]
+    if os.getuid() == 0:  # root can hand the file to another user
+        cases.append((library, 0o600, cache, 0o700, "file", "owned by uid 65534"))
+    for file, file_mode, folder, folder_mode, what, why in cases:
+        os.chmod(file, file_mode)
+        os.chmod(folder, folder_mode)
+        if why.startswith("owned"):
+            os.chown(file, 65534, 65534)
+        cpu_kernel.library.cache_clear()
+        with pytest.raises(RuntimeError, match=f"kernel cache {what} .*{why}.*LAYERACT_CACHE_DIR"):
+            cpu_kernel.library()
+        assert not marker.exists()
+    # as a user meets it: LayerAct still computes, with the eager backend and one warning naming the file
+    cpu_kernel.library.cache_clear()
+    x = torch.randn(2, 3, 4)
+    with pytest.warns(RuntimeWarning, match=f"'cpu' backend is unavailable.*kernel cache (file|folder) .*{cache}"):
+        out = la_silu(x)
+    torch.testing.assert_close(out, la_reference(x, "silu"))
+    assert not marker.exists()

@@ -3,7 +3,8 @@
 The C source is compiled by the system C compiler (gcc, clang, or $CC) into a shared library
 cached under ~/.cache/layeract_patch (or $LAYERACT_CACHE_DIR), named by a hash of the source,
 the flags and the CPU, so a rebuild happens only when one of them changes; it is loaded with
-ctypes, which needs no PyTorch headers and builds in about a second. Without a compiler,
+ctypes, which needs no PyTorch headers and builds in about a second. A cached library is loaded only
+when it and its folder are the user's own and writable by no one else. Without a compiler,
 `available` raises and the dispatch falls back to the eager backend with one warning.
 
 float32, bfloat16 and float16 tensors run in C (contiguous and channels_last ones in place, others
@@ -90,6 +91,22 @@ def _compile(compiler: List[str], flags: List[str], target: Path) -> Optional[st
             os.remove(tmp)
 
 
+def _check_private(path: Path) -> None:
+    """RuntimeError unless `path` is the current user's and no one else may write it. The library is loaded into
+    this process: one that another user could plant or replace, in the file or its folder, would run their code."""
+    if not hasattr(os, "getuid"):  # Windows: no POSIX owners or modes to check
+        return
+    info = path.stat()
+    if info.st_uid != os.getuid():
+        why = f"owned by uid {info.st_uid}, not by you (uid {os.getuid()})"
+    elif info.st_mode & 0o022:
+        why = f"writable by group or others (mode {oct(info.st_mode & 0o777)})"
+    else:
+        return
+    raise RuntimeError(f"the kernel cache {'folder' if path.is_dir() else 'file'} {path} is {why}, so the kernel is "
+                       f"not loaded from it; set LAYERACT_CACHE_DIR to a folder of your own that only you can write")
+
+
 def build(extra_flags: Sequence[str] = ()) -> Path:
     """The path of the compiled library, compiling it first if it is not cached yet.
 
@@ -101,13 +118,15 @@ def build(extra_flags: Sequence[str] = ()) -> Path:
     key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(compiler), " ".join(base),
                                     repr(_OPTIONAL_FLAGS), _cpu_id()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"layeract_cpu-{key}.so"
-    if target.exists():
-        return target
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as err:
         raise RuntimeError(f"cannot create the kernel cache {target.parent} ({err}); set LAYERACT_CACHE_DIR to a "
                            f"writable folder") from err
+    _check_private(target.parent)
+    if target.exists():
+        _check_private(target)
+        return target
     complaint = None
     for extra in _OPTIONAL_FLAGS:
         complaint = _compile(compiler, base + extra, target)

@@ -219,8 +219,8 @@ def _check_official(path: Path, dataset: str) -> None:
     if not check_integrity(str(path), official[path.name]):
         raise ValueError(f"CIFAR file {str(path)!r} is not the official {dataset} file (its md5 differs from "
                          f"torchvision's list); refused without unpickling it, as a pickle can run code: delete "
-                         f"{str(path.parent)!r} "
-                         f"to download it again, or give other data as an ImageFolder (train/<class>/, test/<class>/)")
+                         f"{str(path.parent)!r} to download it again, or give other data as an ImageFolder "
+                         f"(train/<class>/, test/<class>/)")
 
 
 def _unpickle(path: Path) -> dict:
