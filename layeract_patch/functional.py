@@ -79,9 +79,12 @@ def scale_derivative(z: Tensor, s: Tensor, kind: str) -> Tensor:
 
 
 def check_alpha(alpha: float) -> float:
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha) or alpha < 0:
-        raise ValueError(f"LayerAct alpha must be a finite number >= 0 (it is added to the variance), got {alpha!r}; "
-                         f"the paper's default is alpha={DEFAULT_ALPHA}")
+    # alpha > 0 even in float32 (where the statistics are computed; 2**-150 and below round to 0 there): a sample
+    # whose values are all equal (a dead or padded map) has variance 0, and with alpha 0 its n would be 0/0 = NaN.
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha) or alpha <= 2.0 ** -150:
+        raise ValueError(f"LayerAct alpha must be a finite number > 0, also in float32 (it is added to the variance; "
+                         f"with 0 a sample whose values are all equal gives NaN), got {alpha!r}; the paper's default "
+                         f"is alpha={DEFAULT_ALPHA}")
     return float(alpha)
 
 
@@ -108,6 +111,10 @@ def check_args(x: Tensor, kind: str, alpha: float, weight: Optional[Tensor], bia
         if p is not None and (p.dim() != 1 or p.shape[0] != channels):
             raise ValueError(f"LayerAct affine {name} has shape {tuple(p.shape)} but the input {tuple(x.shape)} has "
                              f"{channels} channels on dim {sd}: build the module with num_channels={channels}")
+        if p is not None and p.device != x.device:  # a kernel would read a meta (null) or CUDA pointer as CPU memory
+            raise RuntimeError(f"Expected all tensors to be on the same device, but found at least two devices, "
+                               f"{x.device} (the input) and {p.device} (the affine {name}); move the module with "
+                               f".to({str(x.device)!r})")
     if (weight is None) != (bias is None):
         raise ValueError("LayerAct affine needs both weight and bias (or neither)")
     return sd

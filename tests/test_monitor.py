@@ -33,8 +33,8 @@ R3 = math.sqrt(3.0)
 
 def test_sums_of_a_hand_made_batch_are_exact():
     model = Branches(relu=nn.ReLU(), silu=nn.SiLU(), hardswish=nn.Hardswish(),
-                     la_silu=LASiLU(alpha=0.0), la_hardsilu=LAHardSiLU(alpha=0.0),
-                     la_hardsilu_affine=LAHardSiLU(alpha=0.0, affine=True, num_channels=4))
+                     la_silu=LASiLU(alpha=1e-12), la_hardsilu=LAHardSiLU(alpha=1e-12),
+                     la_hardsilu_affine=LAHardSiLU(alpha=1e-12, affine=True, num_channels=4))
     with torch.no_grad():
         model.acts["la_hardsilu_affine"].bias.copy_(torch.tensor([0.6, 0.6, 0.0, 0.0]))
     with ScaleMonitor(model) as monitor:
@@ -61,7 +61,7 @@ def test_hard_scale_clamps_an_outlier_beyond_three_sigma():
     # 15 zeros and a 16: mean 1, variance 15, n = -1/sqrt15 (x15) and sqrt15 > 3, whose scale clamps to 1.
     x = torch.zeros(1, 16)
     x[0, -1] = 16.0
-    model = LAHardSiLU(alpha=0.0)
+    model = LAHardSiLU(alpha=1e-12)
     with ScaleMonitor(model) as monitor:
         model(x)
     assert list(monitor.sums) == ["LAHardSiLU"]
@@ -72,7 +72,7 @@ def test_layer_act_is_normalized_over_its_own_start_dim():
     # Every token is a pair of distinct values, so per token n = +-1 and the sigmoid scale sums to 1.
     x = torch.tensor([[[-1.0, 1.0], [3.0, 5.0], [0.0, -4.0]],
                       [[2.0, 2.5], [-7.0, 1.0], [9.0, 8.0]]])
-    per_token, per_sample = LASiLU(alpha=0.0, start_dim=-1), LASiLU(alpha=0.0)
+    per_token, per_sample = LASiLU(alpha=1e-12, start_dim=-1), LASiLU(alpha=1e-12)
     model = Branches(per_token=per_token, per_sample=per_sample)
     with ScaleMonitor(model) as monitor:
         model(x)
