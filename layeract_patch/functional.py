@@ -81,7 +81,8 @@ def scale_derivative(z: Tensor, s: Tensor, kind: str) -> Tensor:
 def check_alpha(alpha: float) -> float:
     # alpha > 0 even in float32 (where the statistics are computed; 2**-150 and below round to 0 there): a sample
     # whose values are all equal (a dead or padded map) has variance 0, and with alpha 0 its n would be 0/0 = NaN.
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha) or alpha <= 2.0 ** -150:
+    if (not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha)
+            or alpha <= 2.0 ** -150):
         raise ValueError(f"LayerAct alpha must be a finite number > 0, also in float32 (it is added to the variance; "
                          f"with 0 a sample whose values are all equal gives NaN), got {alpha!r}; the paper's default "
                          f"is alpha={DEFAULT_ALPHA}")
