@@ -37,7 +37,8 @@ class ExampleForward(TorchFunctionMode):
     def __init__(self, root: nn.Module, watched: Dict[int, nn.Module], spy_functional: bool) -> None:
         super().__init__()
         self.root, self.watched = root, watched
-        self.names = {id(m): strip_wrappers(n) for n, m in reversed(list(root.named_modules(remove_duplicate=False)))}
+        self.names = {id(m): strip_wrappers(n, root)
+                      for n, m in reversed(list(root.named_modules(remove_duplicate=False)))}
         self.sources = catalogue.functional_sources() if spy_functional else {}
         self.calls: Dict[int, List[Call]] = defaultdict(list)
         self.functional: Dict[Tuple[str, str, int], None] = {}
@@ -89,6 +90,7 @@ class ExampleForward(TorchFunctionMode):
         return func(*args, **kwargs)
 
     def run(self, example_input: Any) -> None:
+        hidden = _hide_user_hooks(self.root)
         handles = []
         for module in self.root.modules():
             handles.append(module.register_forward_pre_hook(self._pre))
@@ -106,9 +108,33 @@ class ExampleForward(TorchFunctionMode):
             self._unread.clear()  # what is still alive was kept, not thrown away
             for handle in handles:
                 handle.remove()
+            for module, attr, hooks in hidden:  # the very dicts: the user's RemovableHandles keep working
+                setattr(module, attr, hooks)
             with torch.no_grad():
                 for buffer, saved in buffers:
                     buffer.copy_(saved)
+
+
+def _hide_user_hooks(root: nn.Module) -> List[Tuple[nn.Module, str, Any]]:
+    """Take the user's forward hooks off every module for the example forward, so that the example batch reaches
+    none of them (a feature recorder, a ScaleMonitor). The hooks a forward needs stay: PyTorch's own (lazy modules'
+    parameter inference, spectral_norm's weight) and those of a model converted before (CallSiteActs' callers).
+    Returns what to put back."""
+    hidden = []
+    for module in root.modules():
+        for attr in ("_forward_pre_hooks", "_forward_hooks"):  # the *_with_kwargs / always-called flags are keyed
+            hooks = module.__dict__.get(attr)                  # by hook id: flags of absent hooks are ignored
+            if hooks and not all(_needed(hook) for hook in hooks.values()):
+                hidden.append((module, attr, hooks))
+                setattr(module, attr, type(hooks)((key, hook) for key, hook in hooks.items() if _needed(hook)))
+    return hidden
+
+
+def _needed(hook: Any) -> bool:
+    function = getattr(hook, "func", hook)  # functools.partial
+    function = getattr(function, "__func__", function)  # a bound method
+    where = getattr(function, "__module__", None) or type(function).__module__ or ""
+    return where.startswith(("torch.", __name__.rsplit(".", 1)[0] + "."))
 
 
 def record(root: nn.Module, watched: Dict[int, nn.Module], example_input: Any, spy_functional: bool,

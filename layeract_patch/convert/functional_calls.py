@@ -21,7 +21,7 @@ from .. import catalogue
 from .report import ConversionReport, FunctionalCall
 from .targets import Targets, is_activation
 from .tracing import discarded_calls, node_scope, trace
-from .wrappers import is_wrapper, strip_wrappers, unwrap
+from .wrappers import is_wrapper, unwrap
 
 __all__ = ["find_in_code", "discarded_in_code", "find_by_tracing", "rewrite"]
 
@@ -87,7 +87,7 @@ def find_in_code(root: nn.Module, report: ConversionReport) -> None:
             continue
         if code not in per_code:
             per_code[code] = _labels_in_code(code, getattr(forward, "__globals__", {}), sources, methods)
-        report.functional += [FunctionalCall(strip_wrappers(fqn), label, "found in its forward's code, not converted")
+        report.functional += [FunctionalCall(fqn, label, "found in its forward's code, not converted")
                               for label in per_code[code]]
 
 

@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 from torch import nn
+from torch.nn.utils.parametrize import is_parametrized
 
 from ..modules import LayerAct
 from .call_sites import CallSiteActs
@@ -22,7 +23,7 @@ from .report import ConversionReport, Skip, Swap
 from .sizing import size_affine
 from .targets import Targets, gate_types, is_activation, resolve_targets
 from .tracing import discarded_calls, trace
-from .wrappers import strip_wrappers, unwrap
+from .wrappers import refuse_scripted, strip_wrappers, unwrap
 
 __all__ = ["convert_activations"]
 
@@ -87,6 +88,7 @@ def convert_activations(model: nn.Module, to: Union[str, type, Mapping[type, Any
         raise ValueError(f"functional={functional!r} is not one of {FUNCTIONAL_MODES}")
     if filter_fn is not None and not callable(filter_fn):
         raise TypeError(f"filter_fn must be callable as filter_fn(module, fqn) -> bool, got {type(filter_fn).__name__}")
+    refuse_scripted(model)
     targets = resolve_targets(to, layer_kwargs, affine)
     if targets.any_affine and isinstance(model, nn.parallel.DistributedDataParallel):
         raise ValueError("affine=True adds parameters, which DistributedDataParallel would not synchronize: convert "
@@ -152,6 +154,7 @@ class _Slot(NamedTuple):
     name: Optional[str]
     child: nn.Module
     fqn: str
+    on_weight: bool = False  # inside a parametrization (torch.nn.utils.parametrize): it acts on a weight
 
 
 def _slots(root: nn.Module) -> List[_Slot]:
@@ -159,17 +162,18 @@ def _slots(root: nn.Module) -> List[_Slot]:
     slots = [_Slot(None, None, root, "")]
     seen = {id(root)}
 
-    def visit(module: nn.Module, prefix: str) -> None:
+    def visit(module: nn.Module, prefix: str, on_weight: bool) -> None:
         if isinstance(module, (LayerAct, CallSiteActs)):
             return
         for name, child in module._modules.items():
             if child is not None:
-                slots.append(_Slot(module, name, child, strip_wrappers(f"{prefix}{name}")))
+                weight = on_weight or (name == "parametrizations" and is_parametrized(module))
+                slots.append(_Slot(module, name, child, strip_wrappers(f"{prefix}{name}", root), weight))
                 if id(child) not in seen:
                     seen.add(id(child))
-                    visit(child, f"{prefix}{name}.")
+                    visit(child, f"{prefix}{name}.", weight)
 
-    visit(root, "")
+    visit(root, "", False)
     return slots
 
 
@@ -188,6 +192,11 @@ def _choose(root: nn.Module, targets: Targets, filter_fn: Optional[Callable], re
     kept: List[Tuple[str, nn.Module, str]] = []
     for slot in _slots(root):
         module = slot.child
+        if slot.on_weight:  # e.g. register_parametrization(lin, "weight", nn.ReLU()): a constraint, not an activation
+            if is_activation(module) or targets.for_type(type(module)) is not None:
+                report.skipped.append(Skip(slot.fqn, type(module).__name__, "acts on a weight (a parametrization), "
+                                                                             "never converted"))
+            continue
         first_time = id(module) not in every
         every[id(module)].append(slot)
         converted = isinstance(module, (LayerAct, CallSiteActs))
@@ -283,8 +292,11 @@ def _check_something_done(model: nn.Module, root: nn.Module, report: ConversionR
     if pending:
         hints.append(f"its activations are functional calls ({labels}): pass functional='convert'")
     if others:
+        first = next(type(m) for m in root.modules() if type(m).__name__ == next(iter(others)))
+        spelled = f"nn.{first.__name__}" if getattr(nn, first.__name__, None) is first else (
+            f"{first.__module__}.{first.__qualname__}")  # timm's GELU / GELUTanh are not nn's
         hints.append(f"it has {', '.join(f'{t} x{n}' for t, n in others.items())}: map them, e.g. "
-                     f"to={{nn.{next(iter(others))}: 'la_silu'}}")
+                     f"to={{{spelled}: 'la_silu'}}")
     raise ValueError(f"convert_activations found nothing to convert in {type(model).__name__}"
                      + ("; " + "; ".join(hints) if hints else
                         ": it has no ReLU, SiLU or Hardswish modules (nor timm's Swish/HardSwish)"))

@@ -11,8 +11,6 @@ from typing import Dict, List, Optional, Tuple
 import torch.fx as fx
 from torch import nn
 
-from .wrappers import strip_wrappers
-
 __all__ = ["LeafTracer", "trace", "discarded_calls", "node_scope"]
 
 
@@ -50,14 +48,14 @@ def discarded_calls(tracer: LeafTracer, graph: fx.Graph) -> Dict[int, Tuple[str,
     for node in graph.nodes:
         if node.op == "call_module" and not node.users:
             module = tracer.root.get_submodule(node.target)
-            found[id(module)] = (strip_wrappers(node.target), module)
+            found[id(module)] = (node.target, module)
     return found
 
 
 def node_scope(node: fx.Node) -> str:
-    """The name of the module whose forward made this node's call ("" for the root)."""
+    """The name of the module whose forward made this node's call ("" for the root); traces are of unwrapped models."""
     stack = node.meta.get("nn_module_stack") or {}
     if not stack:
         return ""
     last = list(stack.values())[-1]
-    return strip_wrappers(last[0] if isinstance(last, tuple) else str(last))
+    return last[0] if isinstance(last, tuple) else str(last)
