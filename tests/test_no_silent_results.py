@@ -1,4 +1,5 @@
 """Inputs that used to give a wrong result without a word: each now gives the right result or one clear error."""
+import numpy as np
 import pytest
 import torch
 
@@ -51,3 +52,75 @@ def test_the_smallest_alpha_accepted_gives_finite_results_for_constant_samples(b
             torch.testing.assert_close(out, x.detach() * 0.5)  # n = 0 for a constant sample: scale 1/2
     finally:
         set_backend("auto")
+
+
+# ---- images: 16-bit rescaled, float refused (both loaders) ----
+
+def image_root(tmp_path, odd=None):
+    """train/ and val/ with two classes of 8-bit PNGs; `odd` (name, PIL image) goes into train/a/."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls, value in (("a", 60), ("b", 180)):
+            folder = tmp_path / split / cls
+            folder.mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(folder / f"{i}.png")
+    if odd is not None:
+        odd[1].save(tmp_path / "train" / "a" / odd[0])
+    return tmp_path
+
+
+def test_a_16_bit_grey_png_is_rescaled_in_both_loaders(tmp_path):
+    from PIL import Image
+
+    from layeract_patch.training.data import load_images
+    from layeract_patch.training.folders import image_folders
+
+    wide = np.array([[0, 257 * 100], [65535, 257 * 200]], dtype=np.uint16).repeat(4, 0).repeat(4, 1)
+    root = image_root(tmp_path, ("wide.png", Image.fromarray(wide)))
+    assert Image.open(root / "train" / "a" / "wide.png").mode == "I;16"
+    expected = torch.tensor([[0, 100], [255, 200]], dtype=torch.uint8).repeat_interleave(4, 0).repeat_interleave(4, 1)
+    images, _, _ = load_images(root, "cifar10", train=True)  # the CIFAR recipes' ImageFolder
+    assert torch.equal(images[2, 0], expected)  # a/0.png, a/1.png, a/wide.png: grey in all three channels
+    train, _ = image_folders(root)  # fine-tuning's
+    path = next(i for i, (p, _) in enumerate(train.samples) if p.endswith("wide.png"))
+    assert torch.equal(torch.from_numpy(np.array(train[path][0]))[..., 1], expected)
+
+
+def test_a_float_image_is_refused_naming_the_file(tmp_path):
+    from PIL import Image
+
+    from layeract_patch.training.data import load_images
+    from layeract_patch.training.folders import check_images, image_folders
+
+    root = image_root(tmp_path, ("float.tiff", Image.fromarray(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8))))
+    message = f"{root / 'train' / 'a' / 'float.tiff'}.*floating-point pixels"
+    with pytest.raises(ValueError, match=message):
+        load_images(root, "cifar10", train=True)
+    train, held_out = image_folders(root)
+    with pytest.raises(ValueError, match=message):
+        check_images(train, held_out)  # what fine-tuning checks before it starts
+
+
+# ---- fine-tuning folders: a looping link, an empty class folder ----
+
+def test_a_link_looping_back_is_refused_not_followed(tmp_path):
+    from layeract_patch.training.folders import image_folders
+
+    root = image_root(tmp_path)
+    (root / "train" / "a" / "loop").symlink_to("..")
+    with pytest.raises(ValueError, match=f"{root / 'train' / 'a' / 'loop'}.*a folder above it"):
+        image_folders(root)
+    (root / "train" / "a" / "loop").unlink()
+    (root / "train" / "a" / "more").symlink_to(root / "val" / "a")  # a link that does not loop is followed
+    assert len(image_folders(root)[0]) == 6
+
+
+def test_an_empty_class_folder_is_named_with_its_split(tmp_path):
+    from layeract_patch.training.folders import image_folders
+
+    root = image_root(tmp_path)
+    (root / "val" / "c").mkdir()
+    with pytest.raises(FileNotFoundError, match=f"class folder '{root / 'val' / 'c'}' holds no images"):
+        image_folders(root)

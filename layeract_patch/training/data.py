@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["DATASETS", "DATASET_STATS", "load_images", "stratified_split", "find_imagefolder", "is_imagefolder",
-           "data_source", "dataset_stats"]
+           "data_source", "dataset_stats", "open_image", "check_mode"]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -140,17 +140,45 @@ def _load_imagefolder(root: Path, split: Path, image_size: Optional[int]) -> Ima
 
 
 def _decode(path: Path) -> Tensor:
+    array = np.array(open_image(path))
+    return torch.from_numpy(array)[None] if array.ndim == 2 else torch.from_numpy(array).permute(2, 0, 1)
+
+
+# PIL modes by what they become: 8-bit grey ("L") or 8-bit RGB; 16-bit grey is rescaled to 8 bits. Other modes
+# (32-bit integer "I", float "F") have no range a loader could know, and are refused.
+_GRAY_MODES = ("1", "L", "LA", "La")
+_RGB_MODES = ("P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
+
+
+def open_image(path) -> "Image.Image":
+    """The image at `path` as an 8-bit PIL image, "L" for grey ones and "RGB" for the rest; ValueError naming
+    the file when it cannot be decoded or its mode has no 8-bit equivalent. Shared by both image loaders."""
     # PIL rather than torchvision.io, whose image decoders are deprecated since torchvision 0.29.
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            gray = image.mode in ("1", "L", "LA", "I", "I;16", "F")
-            array = np.array(image.convert("L" if gray else "RGB"))
-    except (OSError, UnidentifiedImageError) as err:
+            if _sixteen_bit(image):  # convert("L") would clip every value above 255
+                wide = np.asarray(image).astype(np.float32)
+                return Image.fromarray(np.round(wide / 257.0).astype(np.uint8), mode="L")
+            check_mode(image, path)
+            return image.convert("L" if image.mode in _GRAY_MODES else "RGB")
+    except (OSError, UnidentifiedImageError, SyntaxError) as err:  # PIL reports some broken PNGs as SyntaxError
         raise ValueError(f"cannot decode image {str(path)!r}: {err}") from err
-    tensor = torch.from_numpy(array)
-    return tensor[None] if gray else tensor.permute(2, 0, 1)
+
+
+def _sixteen_bit(image) -> bool:
+    return image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG")  # older Pillow: "I"
+
+
+def check_mode(image, path) -> None:
+    """ValueError naming `path` when the PIL `image` has pixels that cannot become 8-bit ones without guessing."""
+    mode = image.mode
+    if mode in _GRAY_MODES or mode in _RGB_MODES or _sixteen_bit(image):
+        return
+    kind = "floating-point" if mode.startswith("F") else "32-bit integer" if mode.startswith("I") else "unusual"
+    raise ValueError(f"image {str(path)!r} has {kind} pixels (PIL mode {mode!r}), which cannot become 8-bit pixels "
+                     f"without guessing their range; save it as an 8- or 16-bit PNG or JPEG")
 
 
 def _resize(images: Tensor, size: int) -> Tensor:

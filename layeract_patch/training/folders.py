@@ -5,15 +5,16 @@ set at the model's resolution rarely fits in memory, and random resized crops ne
 """
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, List
 
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from .batches import derive_seed
-from .data import find_imagefolder
+from .data import check_mode, find_imagefolder, open_image
 
 __all__ = ["image_folders", "check_images", "SeededDraws", "EpochOrder"]
 
@@ -24,6 +25,7 @@ def image_folders(data_dir: str, train_transform=None, eval_transform=None):
     Labels follow the class folders of train/, so a held-out split that lacks a class still agrees.
     """
     from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS
 
     root = Path(data_dir).expanduser()
     train_dir = find_imagefolder(root, train=True)
@@ -32,8 +34,11 @@ def image_folders(data_dir: str, train_transform=None, eval_transform=None):
         state = "does not exist" if not root.is_dir() else f"lacks {'train/' if train_dir is None else 'val/ or test/'}"
         raise FileNotFoundError(f"data dir {str(data_dir)!r} {state}; expected an ImageFolder root with "
                                 f"train/<class>/<image> and val/<class>/<image> (or test/)")
-    train = ImageFolder(str(train_dir), transform=train_transform)
-    held_out = ImageFolder(str(eval_dir), transform=eval_transform)
+    for split in (train_dir, eval_dir):  # before torchvision walks them: it follows every link, loops included
+        for folder in sorted(entry for entry in split.iterdir() if entry.is_dir()):
+            _class_files(folder, IMG_EXTENSIONS)
+    train = ImageFolder(str(train_dir), transform=train_transform, loader=_load_rgb)
+    held_out = ImageFolder(str(eval_dir), transform=eval_transform, loader=_load_rgb)
     unknown = sorted(set(held_out.classes) - set(train.classes))
     if unknown:
         raise ValueError(f"class folders {unknown} of {str(eval_dir)!r} are missing from {str(train_dir)!r}; "
@@ -43,6 +48,30 @@ def image_folders(data_dir: str, train_transform=None, eval_transform=None):
     held_out.targets = [target for _, target in held_out.samples]
     held_out.classes, held_out.class_to_idx = train.classes, train.class_to_idx
     return train, held_out
+
+
+def _load_rgb(path: str):
+    """ImageFolder's loader: what the CIFAR recipes' loader decodes (16-bit grey rescaled, float pixels refused)."""
+    return open_image(path).convert("RGB")
+
+
+def _class_files(folder: Path, extensions) -> List[str]:
+    """The images under one class folder; FileNotFoundError naming it when it has none. Directory links are
+    followed, as torchvision does, but one that points back to a folder above it is refused: it would read the
+    same images again and again."""
+    files = []
+    for current, dirs, names in os.walk(folder, followlinks=True):
+        here = os.path.realpath(current)
+        for name in dirs:
+            target = os.path.realpath(os.path.join(current, name))
+            if here == target or here.startswith(target.rstrip(os.sep) + os.sep):
+                raise ValueError(f"{os.path.join(current, name)!r} is a link to {target!r}, a folder above it: "
+                                 f"following it would read the same images again and again; remove the link")
+        files += [os.path.join(current, n) for n in names if n.lower().endswith(tuple(extensions))]
+    if not files:
+        raise FileNotFoundError(f"class folder {str(folder)!r} holds no images ({', '.join(extensions)}); add images "
+                                f"to it or remove the folder")
+    return sorted(files)
 
 
 class SeededDraws(Dataset):
@@ -112,3 +141,4 @@ def check_images(*datasets) -> None:
                     image.load()
             except (OSError, SyntaxError, ValueError) as err:  # PIL reports some broken PNGs as SyntaxError
                 raise ValueError(f"cannot decode image {str(path)!r} ({err}); remove or replace the file") from None
+            check_mode(image, path)  # float or 32-bit pixels: refused now, not mid-training
