@@ -124,3 +124,46 @@ def test_an_empty_class_folder_is_named_with_its_split(tmp_path):
     (root / "val" / "c").mkdir()
     with pytest.raises(FileNotFoundError, match=f"class folder '{root / 'val' / 'c'}' holds no images"):
         image_folders(root)
+
+
+# ---- official CIFAR-C labels: checked before the evaluation starts ----
+
+def finished_cifar_run(tmp_path, classes=3):
+    """seed_0/ of a CIFAR run as the recipes leave it: the tested weights and the results.json naming them."""
+    import json
+
+    from layeract_patch.training.cifar import build_model
+
+    arch = {"model": "cifar_resnet", "depth": 8, "act": "relu", "norm": "bn", "init": "he", "num_classes": classes,
+            "in_chans": 3, "image_size": [32, 32]}
+    seed = tmp_path / "run" / "seed_0"
+    seed.mkdir(parents=True)
+    torch.save(build_model(arch).state_dict(), seed / "model.pt")
+    (seed / "results.json").write_text(json.dumps({
+        "architecture": arch, "classes": [f"class_{i}" for i in range(classes)], "model": "cifar_resnet8",
+        "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}, "dataset": "imagefolder:data", "seed": 0}))
+    return seed
+
+
+@pytest.mark.parametrize("labels, problem", [
+    (np.full(10, 9.9), "not whole numbers"),  # was truncated to 9
+    (np.full(10, 3), "outside the model's classes 0..2"),  # was an IndexError mid-evaluation
+    (np.full(10, -1), "outside the model's classes"),
+    (np.zeros((10, 1), np.int64), "2-D array"),
+])
+def test_official_cifar_c_labels_are_checked_before_the_evaluation(tmp_path, capsys, labels, problem):
+    from test_recipes import RESNET, recipe
+    from test_training import make_imagefolder
+
+    seed = finished_cifar_run(tmp_path)
+    data = make_imagefolder(tmp_path / "data", classes=3, per_class=(1, 1))
+    official = tmp_path / "CIFAR-10-C"
+    official.mkdir()
+    np.save(official / "fog.npy", np.zeros((10, 32, 32, 3), np.uint8))
+    np.save(official / "labels.npy", labels)
+    code, _, stderr = recipe(RESNET.with_name("eval_corruptions.py"), "--checkpoint", seed, "--data-dir", data,
+                             "--corruptions-dir", official, "--corruptions", "fog", "--severities", "1", "--out",
+                             tmp_path / "eval", capsys=capsys)
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and f"{official / 'labels.npy'} holds" in lines[0] and problem in lines[0]
+    assert not (tmp_path / "eval").exists()

@@ -4,7 +4,7 @@ one `labels.npy` for all of them."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -25,6 +25,28 @@ def cifar_c_paths(directory, name: str) -> Tuple[Path, Path]:
     return paths
 
 
+def check_labels(directory, num_classes: Optional[int] = None) -> None:
+    """ValueError naming `labels.npy` unless it holds one whole, non-negative class index per image (and, given
+    `num_classes`, each below it): checked before an evaluation starts, not found half-way through it."""
+    import numpy as np
+
+    path = Path(directory) / "labels.npy"
+    labels = np.load(path, mmap_mode="r")
+    problem = None
+    if labels.ndim != 1:
+        problem = f"a {labels.ndim}-D array of shape {labels.shape}, not one label per image"
+    elif not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)):
+        problem = f"{labels.dtype} values, not class indices"
+    elif np.issubdtype(labels.dtype, np.floating) and not np.array_equal(labels, np.floor(labels)):
+        problem = f"labels that are not whole numbers (e.g. {labels[labels != np.floor(labels)][0]})"
+    elif len(labels) and (labels.min() < 0 or (num_classes is not None and labels.max() >= num_classes)):
+        problem = (f"labels from {labels.min()} to {labels.max()}, outside the model's classes 0.."
+                   f"{'' if num_classes is None else num_classes - 1}")
+    if problem:
+        raise ValueError(f"{path} holds {problem}; it must be the labels.npy of CIFAR-10-C / CIFAR-100-C "
+                         f"(integer class indices, one per image)")
+
+
 def load_cifar_c(directory, name: str, severity: int) -> Tuple[Tensor, Tensor]:
     """(images uint8 (N, 3, H, W), labels int64 (N,)) of one corruption at one severity from the
     official .npy files. numpy is imported here only: nothing else in the package needs it."""
@@ -34,6 +56,7 @@ def load_cifar_c(directory, name: str, severity: int) -> Tuple[Tensor, Tensor]:
 
     check_name_and_severity(name, severity)
     image_path, label_path = cifar_c_paths(directory, name)
+    check_labels(directory)
     images = np.load(image_path, mmap_mode="r")  # 150 MB each: read only the severity's slice
     labels = np.load(label_path, mmap_mode="r")
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or len(images) % len(SEVERITIES):

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..corruptions import CORRUPTIONS, GROUPS, SEVERITIES, check_images, check_name_and_severity, corrupt
-from ..corruptions.files import cifar_c_paths, load_cifar_c
+from ..corruptions.files import check_labels, cifar_c_paths, load_cifar_c
 
 __all__ = ["evaluate_corruptions", "format_table", "corruption_errors", "check_baseline"]
 
@@ -58,6 +58,7 @@ def _check_inputs(images, labels, mean, std, corruptions, severities, batch_size
     if corruptions_dir is not None:
         for name in corruptions:
             cifar_c_paths(corruptions_dir, name)
+        check_labels(corruptions_dir)
     if baseline is not None:
         check_baseline(baseline, corruptions, severities)
 

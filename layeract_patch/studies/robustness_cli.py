@@ -118,7 +118,10 @@ def main(args: argparse.Namespace) -> dict:
     trained = load_trained(args.checkpoint)
     images, labels = trained.test_images(args.data_dir)
     if args.corruptions_dir is not None:
+        from ..corruptions.files import check_labels
+
         _check_official_size(args.corruptions_dir, args.corruptions[0], images)
+        check_labels(args.corruptions_dir, trained.num_classes)
     with claim_output(args.out) as out:
         model = trained.model.to(device)
         if args.channels_last:
