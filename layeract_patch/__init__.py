@@ -6,8 +6,8 @@ converter, models, training), which are imported on first use.
 import importlib
 
 from ._kernels import backend, set_backend
-from .functional import la_hardsilu, la_reference, la_silu, layer_act
-from .modules import LAHardSiLU, LASiLU, LayerAct
+from .functional import la_gelu, la_hardsilu, la_reference, la_silu, layer_act
+from .modules import LAGELU, LAHardSiLU, LASiLU, LayerAct
 from .monitor import ScaleMonitor, pearson_per_layer
 from .registry import create_act_layer, get_act_layer
 from .timm_compat import register_timm_activations, unregister_timm_activations
@@ -33,9 +33,11 @@ def __getattr__(name):
 __all__ = [
     "LASiLU",
     "LAHardSiLU",
+    "LAGELU",
     "LayerAct",
     "la_silu",
     "la_hardsilu",
+    "la_gelu",
     "layer_act",
     "la_reference",
     "convert_activations",

@@ -7,17 +7,19 @@ For each sample (by default all dims but the batch dim form "the layer"):
     a = y * s(z)                                      s from SCALES:
         LA-SiLU:     s(z) = sigmoid(z)
         LA-HardSiLU: s(z) = clamp(z / 6 + 1/2, 0, 1)
+        LA-GELU:     s(z) = Phi(z), the standard normal CDF (GELU(y) = y Phi(y))
+                     "gelu_tanh": Phi's tanh approximation, as nn.GELU(approximate="tanh")
 
-`la_silu` / `la_hardsilu` / `layer_act` run the fused op of `_kernels.op` (saved for backward: the
+`la_silu` / `la_hardsilu` / `la_gelu` / `layer_act` run the fused op of `_kernels.op` (saved for backward: the
 input and two numbers per sample; the kernel is picked by `layeract_patch.backend`). `la_reference`
 is the same math written as plain tensor ops: the oracle the kernels are tested against, and what
 runs under jit.trace, ONNX export and torch.func transforms, where plain ops are what those tools
 understand.
 
-Adding a LayerAct variant (say LA-GELU) is one record in `catalogue.py` (with its module, a LayerAct
-subclass naming the kind) plus its entry in SCALES here: s(z) and ds/dz written in tensor ops. It then
-runs everywhere, on the eager backend; the C and Triton kernels switch on the record's kernel_code and
-take a kind only once they have a case for it.
+Adding a LayerAct variant is one record in `catalogue.py` (with its module, a LayerAct subclass naming
+the kind) plus its entry in SCALES here: s(z) and ds/dz written in differentiable tensor ops (the double
+backward differentiates ds/dz again). It then runs everywhere, on the eager backend; the C and Triton
+kernels switch on the record's kernel_code and take a kind only once they have a case for it.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["la_silu", "la_hardsilu", "layer_act", "la_reference", "layer_stats", "normalized", "SCALES", "KINDS",
+__all__ = ["la_silu", "la_hardsilu", "la_gelu", "layer_act", "la_reference", "layer_stats", "normalized", "SCALES", "KINDS",
            "DEFAULT_ALPHA", "LOW_PRECISION"]
 
 DEFAULT_ALPHA = 1e-5
@@ -55,9 +57,40 @@ def _hard_derivative(z: Tensor, s: Tensor) -> Tensor:
     return ((z > -3) & (z < 3)).to(z.dtype) / 6
 
 
+_SQRT1_2 = math.sqrt(0.5)
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+
+
+def _normal_cdf(z: Tensor) -> Tensor:
+    # Phi(z) = erfc(-z / sqrt 2) / 2: accurate in relative terms far into the lower tail, where 1 + erf(.) cancels
+    return 0.5 * torch.erfc(z * -_SQRT1_2)
+
+
+def _normal_density(z: Tensor, s: Tensor) -> Tensor:
+    return torch.exp(-0.5 * z * z) * _INV_SQRT_2PI
+
+
+# GELU's tanh form: Phi(z) ~ (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3))) / 2 = sigmoid(z (A + B z^2)),
+# with A = 2 sqrt(2/pi) and B = 0.044715 A; ds/dz = s (1 - s) (A + 3 B z^2).
+_TANH_A = 2 * math.sqrt(2 / math.pi)
+_TANH_B = 0.044715 * _TANH_A
+
+
+def _tanh_cdf(z: Tensor) -> Tensor:
+    return torch.sigmoid(z * (_TANH_A + _TANH_B * z * z))
+
+
+def _tanh_cdf_derivative(z: Tensor, s: Tensor) -> Tensor:
+    # s (1 - s) is exactly 0 beyond |z| ~ 10 in float32 and float64; the clamp keeps z^2 finite there (0 * inf)
+    z = z.clamp(-100, 100)
+    return s * (1 - s) * (_TANH_A + 3 * _TANH_B * z * z)
+
+
 SCALES: Dict[str, Scale] = {
     "silu": Scale(torch.sigmoid, lambda z, s: s * (1 - s)),
     "hardsilu": Scale(_hard_sigmoid, _hard_derivative),
+    "gelu": Scale(_normal_cdf, _normal_density),
+    "gelu_tanh": Scale(_tanh_cdf, _tanh_cdf_derivative),
     "relu": Scale(lambda z: (z >= 0).to(z.dtype), lambda z, s: torch.zeros_like(z), element_only=True),
 }
 
@@ -164,7 +197,7 @@ _op = None
 
 def layer_act(x: Tensor, kind: str = "silu", alpha: float = DEFAULT_ALPHA, weight: Optional[Tensor] = None,
               bias: Optional[Tensor] = None, start_dim: int = 1) -> Tensor:
-    """LayerAct of `kind` ("silu" or "hardsilu"); see the module docstring.
+    """LayerAct of `kind` ("silu", "hardsilu", "gelu" or "gelu_tanh"); see the module docstring.
 
     start_dim: the first dim of "the layer"; dims start_dim..end are normalized together
     (1, the default and the paper's, is all non-batch dims; -1 is per token over the last dim
@@ -186,3 +219,11 @@ def la_hardsilu(x: Tensor, alpha: float = DEFAULT_ALPHA, weight: Optional[Tensor
                 bias: Optional[Tensor] = None, start_dim: int = 1) -> Tensor:
     """LA-HardSiLU: x * clamp(n / 6 + 1/2, 0, 1) with n the layer-normalized x. See `layer_act`."""
     return layer_act(x, "hardsilu", alpha, weight, bias, start_dim)
+
+
+def la_gelu(x: Tensor, alpha: float = DEFAULT_ALPHA, weight: Optional[Tensor] = None,
+            bias: Optional[Tensor] = None, start_dim: int = 1, approximate: str = "none") -> Tensor:
+    """LA-GELU: x * Phi(n) with n the layer-normalized x; approximate="tanh" for Phi's tanh form, as in F.gelu."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"la_gelu(approximate={approximate!r}): choose 'none' or 'tanh', as for F.gelu")
+    return layer_act(x, "gelu" if approximate == "none" else "gelu_tanh", alpha, weight, bias, start_dim)

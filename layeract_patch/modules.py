@@ -1,14 +1,15 @@
-"""LayerAct as nn.Modules: LASiLU and LAHardSiLU, drop-in for nn.SiLU and nn.Hardswish."""
+"""LayerAct as nn.Modules: LASiLU, LAHardSiLU and LAGELU, drop-in for nn.SiLU, nn.Hardswish and nn.GELU."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 from torch import Tensor, nn
 
+from . import catalogue
 from .functional import DEFAULT_ALPHA, check_alpha, layer_act
 
-__all__ = ["LayerAct", "LASiLU", "LAHardSiLU"]
+__all__ = ["LayerAct", "LASiLU", "LAHardSiLU", "LAGELU"]
 
 
 class LayerAct(nn.Module):
@@ -23,7 +24,9 @@ class LayerAct(nn.Module):
         inplace: accepted and ignored (the input is needed for backward), so the class works
             wherever timm or torchvision build activations with `act_layer(inplace=True)`.
         start_dim: the first dim of "the layer": 1 (default, the paper's) normalizes all non-batch
-            dims together; -1 normalizes each token of an (N, L, D) tensor over D.
+            dims together (for an (N, L, D) transformer activation: L x D per sample); -1 normalizes each
+            token of an (N, L, D) tensor over D. The affine acts along this dim: per token (dim 1 = L, so
+            for one sequence length) with the default on (N, L, D) tensors, per feature with -1.
     """
 
     kind = "silu"
@@ -84,3 +87,37 @@ class LAHardSiLU(LayerAct):
     """LA-HardSiLU: x * clamp(n / 6 + 1/2, 0, 1), n the input normalized over each sample's layer."""
 
     kind = "hardsilu"
+
+
+class LAGELU(LayerAct):
+    """LA-GELU: x * Phi(n), Phi the standard normal CDF, n the input normalized over each sample's layer.
+
+    approximate: "none" (Phi itself) or "tanh" (Phi's tanh approximation), as in nn.GELU; the two forms are
+    the catalogue's la_gelu and la_gelu_tanh. Keyword-only, so that a positional argument is never mistaken
+    for it (the first positional argument of every LayerAct is alpha).
+    """
+
+    kind = "gelu"
+
+    def __init__(self, alpha: float = DEFAULT_ALPHA, affine: bool = False, num_channels: Optional[int] = None,
+                 inplace: bool = False, start_dim: int = 1, device=None, dtype=None, *,
+                 approximate: str = "none") -> None:
+        forms = _forms(LAGELU)
+        if isinstance(alpha, str):  # LAGELU("tanh"), as nn.GELU("tanh") would be written
+            raise TypeError(f"LAGELU's first argument is alpha, a number; got {alpha!r}: pass the GELU form by name, "
+                            f"LAGELU(approximate={alpha!r})")
+        if approximate not in forms:
+            raise ValueError(f"LAGELU(approximate={approximate!r}): choose one of {', '.join(map(repr, forms))}, "
+                             f"as for nn.GELU")
+        super().__init__(alpha, affine, num_channels, inplace, start_dim, device, dtype)
+        self.approximate = approximate
+        self.kind = forms[approximate]
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        return text + (f", approximate={self.approximate!r}" if self.approximate != "none" else "")
+
+
+def _forms(cls: type) -> Dict[str, str]:
+    """approximate value -> scale kind, from the catalogue's records of the class (la_gelu, la_gelu_tanh)."""
+    return {dict(r.options).get("approximate", "none"): r.kind for r in catalogue.records_of_module(cls)}

@@ -5,8 +5,10 @@ Every activation studied here is `a = y * s(y)` with a scale s in [0, 1] (the pa
     ReLU         s = 1[y >= 0]
     SiLU         s = sigmoid(y)
     Hardswish    s = clamp(y / 6 + 1/2, 0, 1)
+    GELU         s = Phi(y)            the standard normal CDF (its tanh form for approximate="tanh")
     LA-SiLU      s = sigmoid(n)        n = y normalized over the sample's layer (affine: w * n + b)
     LA-HardSiLU  s = clamp(n / 6 + 1/2, 0, 1)
+    LA-GELU      s = Phi(n)
 
 Summed over a sample's layer, s says how much of that sample passes the layer. With element-level
 activations the sum differs from sample to sample and follows the loss, so training leans toward some
@@ -45,7 +47,7 @@ def activation_scale(module: nn.Module, y: Tensor) -> Tensor:
     kind = scale_kind(module)
     if kind is None:
         raise TypeError(f"no activation scale is defined for {type(module).__name__}; the monitor handles nn.ReLU, "
-                        f"nn.SiLU, nn.Hardswish, their timm versions and LayerAct modules")
+                        f"nn.SiLU, nn.Hardswish, nn.GELU, their timm versions and LayerAct modules")
     y = y.float() if y.dtype in LOW_PRECISION else y
     if kind != "layer_act":
         return scale(y, kind)

@@ -6,6 +6,7 @@ through unchanged, so code that takes `act_layer` may be given either a name or 
 """
 from __future__ import annotations
 
+import inspect
 from functools import partial
 from typing import Any, Callable, Dict, Optional
 
@@ -17,8 +18,8 @@ from .modules import LayerAct
 __all__ = ["ACTIVATIONS", "LAYERACT_NAMES", "get_act_layer", "create_act_layer"]
 
 _AFFINE = "_affine"
-ACTIVATIONS: Dict[str, Callable[..., nn.Module]] = {name: record.module_class() for name, record in CATALOGUE.items()}
-ACTIVATIONS.update({name + _AFFINE: partial(record.module_class(), affine=True)
+ACTIVATIONS: Dict[str, Callable[..., nn.Module]] = {name: record.builder() for name, record in CATALOGUE.items()}
+ACTIVATIONS.update({name + _AFFINE: partial(record.module_class(), affine=True, **dict(record.options))
                     for name, record in CATALOGUE.items() if record.layer_act})
 LAYERACT_NAMES = tuple(name for name in ACTIVATIONS if CATALOGUE[name.replace(_AFFINE, "")].layer_act)
 
@@ -65,4 +66,11 @@ def create_act_layer(name: Any, num_channels: Optional[int] = None, inplace: boo
         return layer(num_channels=num_channels, inplace=inplace, **kwargs)
     if kwargs:
         raise ValueError(f"activation {name!r} takes no options, got {sorted(kwargs)}")
-    return layer(inplace=inplace)
+    return layer(inplace=inplace) if _takes_inplace(layer) else layer()  # nn.GELU has no inplace
+
+
+def _takes_inplace(layer: Callable[..., nn.Module]) -> bool:
+    try:
+        return "inplace" in inspect.signature(layer).parameters
+    except (TypeError, ValueError):  # no signature to read: assume timm's convention
+        return True

@@ -73,11 +73,11 @@ def test_a_child_named_module_keeps_its_name_without_a_wrapper():
 def test_the_mapping_suggested_for_timms_activations_converts_them():
     import timm
 
-    model = timm.create_model("convnext_atto", act_layer="gelu_tanh")
-    with pytest.raises(ValueError, match=r"to=\{timm\.layers\.activations\.GELUTanh: 'la_silu'\}"):
+    model = timm.create_model("convnext_atto", act_layer="prelu")  # timm's own PReLU, no LayerAct family's
+    with pytest.raises(ValueError, match=r"to=\{timm\.layers\.activations\.PReLU: 'la_silu'\}"):
         convert_activations(model, to={nn.ReLU: "la_silu"})
     import timm.layers.activations
 
-    converted, report = convert_activations(model, to={timm.layers.activations.GELUTanh: "la_silu"},
+    converted, report = convert_activations(model, to={timm.layers.activations.PReLU: "la_silu"},
                                             return_report=True)
     assert len(report.swapped) == 12

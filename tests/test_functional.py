@@ -1,13 +1,25 @@
 """The LayerAct math: exact gradients, agreement with the plain formula, dtypes, layouts, errors."""
+import math
 import warnings
 
 import pytest
 import torch
 
 from layeract_patch import set_backend
-from layeract_patch.functional import la_hardsilu, la_reference, la_silu, layer_act
+from layeract_patch.functional import KINDS, la_gelu, la_hardsilu, la_reference, la_silu, layer_act
 
-KINDS = ["silu", "hardsilu"]
+assert set(KINDS) == {"silu", "hardsilu", "gelu", "gelu_tanh"}  # a new kind gets its line in plain_formula
+
+
+def plain_scale(n, kind):
+    """Each scale as its activation's own definition: SiLU, hard-swish and GELU (both forms) divided by y."""
+    if kind == "silu":
+        return torch.sigmoid(n)
+    if kind == "hardsilu":
+        return torch.clamp(n / 6 + 0.5, 0, 1)
+    if kind == "gelu":
+        return 0.5 * (1 + torch.erf(n / math.sqrt(2)))
+    return 0.5 * (1 + torch.tanh(math.sqrt(2 / math.pi) * (n + 0.044715 * n ** 3)))
 
 
 def plain_formula(x, kind, alpha=1e-5, weight=None, bias=None, start_dim=1):
@@ -19,8 +31,7 @@ def plain_formula(x, kind, alpha=1e-5, weight=None, bias=None, start_dim=1):
     if weight is not None:
         shape = (-1,) + (1,) * (x.dim() - start_dim - 1)
         n = weight.double().view(shape) * n + bias.double().view(shape)
-    s = torch.sigmoid(n) if kind == "silu" else torch.clamp(n / 6 + 0.5, 0, 1)
-    return x * s
+    return x * plain_scale(n, kind)
 
 
 @pytest.fixture(autouse=True)
@@ -207,7 +218,43 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="start_dim"):
         la_silu(x, start_dim=0)
     with pytest.raises(ValueError, match="kind"):
-        layer_act(x, "gelu")
+        layer_act(x, "mish")
+    with pytest.raises(ValueError, match="approximate='erf'.*'none' or 'tanh'"):
+        la_gelu(x, approximate="erf")
+
+
+def test_gelu_scales_are_the_normal_cdf_and_its_tanh_form():
+    # the element activation is y * s(y): s(y) = GELU(y) / y, exactly as torch computes GELU
+    from layeract_patch.functional import SCALES, scale_derivative
+
+    y = torch.linspace(-9, 9, 1001, dtype=torch.float64)
+    y = y[y != 0]
+    for kind, approximate in (("gelu", "none"), ("gelu_tanh", "tanh")):
+        torch.testing.assert_close(SCALES[kind].value(y) * y, torch.nn.functional.gelu(y, approximate=approximate))
+        z = y.clone().requires_grad_()
+        (slope,) = torch.autograd.grad(SCALES[kind].value(z).sum(), z)
+        torch.testing.assert_close(scale_derivative(y, SCALES[kind].value(y), kind), slope)
+    # float32 extremes (z^2 and z^3 overflow) give finite scales and slopes
+    far = torch.tensor([-3e38, -1e20, -30.0, 30.0, 1e20, 3e38])
+    for kind in ("gelu", "gelu_tanh"):
+        s = SCALES[kind].value(far)
+        assert s.isfinite().all() and scale_derivative(far, s, kind).isfinite().all()
+    # Phi stays accurate in relative terms in the lower tail, where 1 + erf(.) would cancel to 0
+    tail = torch.tensor([-8.0], dtype=torch.float64)
+    torch.testing.assert_close(SCALES["gelu"].value(tail), torch.tensor([6.22096057427178e-16], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("kind", ["gelu", "gelu_tanh"])
+def test_gelu_second_derivative_of_the_scale_is_exact(kind):
+    # double backward differentiates ds/dz again: it must be Phi'' (-z phi(z)) for the erf form
+    from layeract_patch.functional import SCALES, scale_derivative
+
+    z = torch.linspace(-6, 6, 97, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: scale_derivative(t, SCALES[kind].value(t), kind), (z,))
+    if kind == "gelu":
+        (second,) = torch.autograd.grad(scale_derivative(z, SCALES[kind].value(z), kind).sum(), z)
+        density = torch.exp(-z.detach() ** 2 / 2) / math.sqrt(2 * math.pi)
+        torch.testing.assert_close(second, -z.detach() * density)
 
 
 def test_hardsilu_scale_saturates():
@@ -228,32 +275,30 @@ def test_forced_torch_backend_matches():
 
 
 def test_a_new_variant_is_one_scale_entry_and_a_module_naming_it(monkeypatch):
-    # LA-GELU: its scale is the normal CDF. The fused kernels have no case for it, so it runs on the eager ops.
-    import math
-
+    # A made-up LA-ArcTan: s(z) = 1/2 + atan(z)/pi. The fused kernels have no case for it: it runs on the eager ops.
     from layeract_patch import functional
     from layeract_patch.modules import LayerAct
 
-    def cdf(z):
-        return 0.5 * (1 + torch.erf(z / math.sqrt(2)))
+    def value(z):
+        return 0.5 + torch.atan(z) / math.pi
 
-    def density(z, s):
-        return torch.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+    def slope(z, s):
+        return 1 / (math.pi * (1 + z * z))
 
-    monkeypatch.setitem(functional.SCALES, "gelu", functional.Scale(cdf, density))
+    monkeypatch.setitem(functional.SCALES, "arctan", functional.Scale(value, slope))
 
-    class LAGELU(LayerAct):
-        kind = "gelu"
+    class LAArcTan(LayerAct):
+        kind = "arctan"
 
-    module = LAGELU(affine=True, num_channels=4, dtype=torch.float64)
+    module = LAArcTan(affine=True, num_channels=4, dtype=torch.float64)
     with torch.no_grad():
         module.bias.normal_()
     x = (torch.randn(3, 4, 5, dtype=torch.float64) * 2).requires_grad_()
     n = (x - x.mean((1, 2), keepdim=True)) / torch.sqrt(x.var((1, 2), unbiased=False, keepdim=True) + 1e-5)
-    expected = x * cdf(n * module.weight.view(-1, 1) + module.bias.view(-1, 1))
+    expected = x * value(n * module.weight.view(-1, 1) + module.bias.view(-1, 1))
     torch.testing.assert_close(module(x), expected)
-    assert torch.autograd.gradcheck(lambda t, w, b: layer_act(t, "gelu", 1e-5, w, b), (x, module.weight, module.bias))
-    assert torch.autograd.gradgradcheck(lambda t: layer_act(t, "gelu"), (x,))
+    assert torch.autograd.gradcheck(lambda t, w, b: layer_act(t, "arctan", 1e-5, w, b), (x, module.weight, module.bias))
+    assert torch.autograd.gradgradcheck(lambda t: layer_act(t, "arctan"), (x,))
     x32 = torch.randn(2, 4, 3, 3)
-    torch.testing.assert_close(layer_act(x32, "gelu"), la_reference(x32, "gelu"))
-    assert "gelu" in functional.layer_act_kinds() and "relu" not in functional.layer_act_kinds()
+    torch.testing.assert_close(layer_act(x32, "arctan"), la_reference(x32, "arctan"))
+    assert "arctan" in functional.layer_act_kinds() and "relu" not in functional.layer_act_kinds()

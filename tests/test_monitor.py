@@ -6,7 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
-from layeract_patch.modules import LAHardSiLU, LASiLU, LayerAct
+from layeract_patch.modules import LAGELU, LAHardSiLU, LASiLU, LayerAct
 from layeract_patch.monitor import ScaleMonitor, activation_scale, pearson_per_layer
 
 
@@ -84,7 +84,8 @@ def _timm_acts():
     timm_acts = pytest.importorskip("timm.layers.activations")
     timm_me = pytest.importorskip("timm.layers.activations_me")
     return {"timm_swish": timm_acts.Swish(inplace=True), "timm_hardswish": timm_acts.HardSwish(),
-            "timm_swish_me": timm_me.SwishMe(), "timm_hardswish_me": timm_me.HardSwishMe()}
+            "timm_swish_me": timm_me.SwishMe(), "timm_hardswish_me": timm_me.HardSwishMe(),
+            "timm_gelu": timm_acts.GELU(), "timm_gelu_tanh": timm_acts.GELUTanh()}
 
 
 @pytest.mark.parametrize("shape", [(5, 7), (4, 3, 6, 6), (3, 8, 5)])
@@ -95,7 +96,9 @@ def test_scale_is_what_the_module_multiplies_its_input_by(shape):
             "la_silu": LASiLU(), "la_hardsilu": LAHardSiLU(),
             "la_silu_affine": LASiLU(affine=True, num_channels=c),
             "la_hardsilu_affine": LAHardSiLU(affine=True, num_channels=c),
-            "la_silu_last_dim": LASiLU(start_dim=-1), **_timm_acts()}
+            "la_silu_last_dim": LASiLU(start_dim=-1), "gelu": nn.GELU(), "gelu_tanh": nn.GELU(approximate="tanh"),
+            "la_gelu": LAGELU(), "la_gelu_tanh_affine": LAGELU(affine=True, num_channels=c, approximate="tanh"),
+            **_timm_acts()}
     for act in acts.values():
         if isinstance(act, LayerAct) and act.affine:
             with torch.no_grad():
@@ -238,5 +241,5 @@ def test_bad_inputs_get_clear_errors():
         ScaleMonitor(nn.ReLU(), filter_fn=lambda module, name: False)
     with pytest.raises(TypeError, match="nn.Module"):
         ScaleMonitor(lambda x: x)
-    with pytest.raises(TypeError, match="no activation scale is defined for GELU"):
-        activation_scale(nn.GELU(), X)
+    with pytest.raises(TypeError, match="no activation scale is defined for ELU"):
+        activation_scale(nn.ELU(), X)

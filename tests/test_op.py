@@ -8,9 +8,10 @@ from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
 
 from layeract_patch import LAHardSiLU, LASiLU, la_reference, layer_act
+from layeract_patch import functional
 from layeract_patch._kernels import op as op_module
 
-KINDS = ("silu", "hardsilu")
+KINDS = functional.KINDS  # every LayerAct scale: silu, hardsilu, gelu, gelu_tanh
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ from timm.layers import create_act, get_act_fn, get_act_layer
 from torch import nn
 
 from layeract_patch.functional import la_reference
-from layeract_patch.modules import LAHardSiLU, LASiLU
+from layeract_patch.modules import LAGELU, LAHardSiLU, LASiLU
 from layeract_patch.timm_compat import register_timm_activations, unregister_timm_activations
 
 
@@ -45,7 +45,7 @@ def test_create_model_with_the_class():
 def test_names_need_registering_and_then_work(timm_tables):
     with pytest.raises(KeyError):
         timm.create_model("resnet18", pretrained=False, act_layer="la_silu")
-    assert register_timm_activations() == ("la_silu", "la_hardsilu")
+    assert register_timm_activations() == ("la_silu", "la_hardsilu", "la_gelu", "la_gelu_tanh")
 
     model = timm.create_model("resnet18", pretrained=False, act_layer="la_silu")
     relus = sum(isinstance(m, nn.ReLU) for m in timm.create_model("resnet18", pretrained=False).modules())
@@ -58,6 +58,21 @@ def test_names_need_registering_and_then_work(timm_tables):
     x = torch.randn(2, 5)
     torch.testing.assert_close(get_act_fn("la_silu")(x, inplace=True), la_reference(x, "silu"))
     torch.testing.assert_close(get_act_fn("la_hardsilu")(x), la_reference(x, "hardsilu"))
+    torch.testing.assert_close(get_act_fn("la_gelu")(x), la_reference(x, "gelu"))
+    torch.testing.assert_close(get_act_fn("la_gelu_tanh")(x), la_reference(x, "gelu_tanh"))
+
+
+def test_gelu_names_build_timms_gelu_models(timm_tables):
+    # timm's "gelu" / "gelu_tanh" -> "la_gelu" / "la_gelu_tanh": the form is kept, the gates are not touched
+    register_timm_activations()
+    model = timm.create_model("convnext_atto", pretrained=False, act_layer="la_gelu_tanh")
+    acts = [m for m in model.modules() if isinstance(m, LAGELU)]
+    gelus = sum(type(m).__name__ == "GELU" for m in timm.create_model("convnext_atto", pretrained=False).modules())
+    assert len(acts) == gelus > 0 and all(m.approximate == "tanh" and m.kind == "gelu_tanh" for m in acts)
+    _train_step(model)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, act_layer="la_gelu", img_size=32, depth=2)
+    assert isinstance(vit.blocks[0].mlp.act, LAGELU) and vit.blocks[0].mlp.act.approximate == "none"
+    assert get_act_layer("la_gelu") is LAGELU and get_act_layer("la_gelu_tanh").keywords == {"approximate": "tanh"}
 
 
 def test_registering_changes_no_existing_name_and_is_idempotent(timm_tables):
@@ -66,7 +81,8 @@ def test_registering_changes_no_existing_name_and_is_idempotent(timm_tables):
     register_timm_activations()
     assert {k: v for k, v in create_act._ACT_LAYER_DEFAULT.items() if k in layers_before} == layers_before
     assert {k: v for k, v in create_act._ACT_FN_DEFAULT.items() if k in fns_before} == fns_before
-    assert set(create_act._ACT_LAYER_DEFAULT) - set(layers_before) == {"la_silu", "la_hardsilu"}
+    assert set(create_act._ACT_LAYER_DEFAULT) - set(layers_before) == {"la_silu", "la_hardsilu", "la_gelu",
+                                                                        "la_gelu_tanh"}
     assert get_act_layer("relu") is nn.ReLU and get_act_layer("la_silu") is LASiLU
 
     unregister_timm_activations()

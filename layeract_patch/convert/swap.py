@@ -21,7 +21,7 @@ from .example_forward import record
 from .functional_calls import discarded_in_code, find_by_tracing, find_in_code, rewrite
 from .report import ConversionReport, Skip, Swap
 from .sizing import size_affine
-from .targets import Targets, gate_types, is_activation, resolve_targets
+from .targets import Targets, conversion_hint, gate_types, is_activation, resolve_targets
 from .tracing import discarded_calls, trace
 from .wrappers import refuse_scripted, strip_wrappers, unwrap
 
@@ -44,12 +44,16 @@ def convert_activations(model: nn.Module, to: Union[str, type, Mapping[type, Any
     Args:
         model: any nn.Module; the root itself may be an activation. Load pretrained weights before, build the
             optimizer after (with affine=True the new parameters exist only after the conversion).
-        to: "la_silu" / "la_hardsilu" (or "la_silu_affine", ...), a LayerAct class, or a mapping
+        to: "la_silu" / "la_hardsilu" / "la_gelu" (or "la_silu_affine", ...), a LayerAct class, or a mapping
             {source module type: target}, which converts exactly those types, e.g.
-            {nn.Hardswish: "la_hardsilu", nn.ReLU: "la_silu", nn.GELU: "la_silu"}. Its keys must be activations
+            {nn.Hardswish: "la_hardsilu", nn.ReLU: "la_silu", nn.GELU: "la_gelu"}. Its keys must be activations
             (any in `layeract_patch.catalogue`, or a LayerAct class to re-target non-affine modules converted
-            before). A name or a class converts `default_activation_types()`. Modules converted before are kept
-            as they are; when they differ from what `to` asks for, the report says so and a warning is raised.
+            before). A name or a class converts `default_activation_types(to)`, the families its catalogue
+            record names: LA-SiLU and LA-HardSiLU take ReLU, SiLU and hard-swish (and timm's kin), LA-GELU takes
+            nn.GELU and timm's GELU and GELUTanh, each in its own form (nn.GELU(approximate="tanh") becomes
+            LAGELU(approximate="tanh")) unless `approximate=` is given or to="la_gelu_tanh". Modules converted
+            before are kept as they are; when they differ from what `to` asks for, the report says so and a
+            warning is raised.
         filter_fn: `filter_fn(module, fqn) -> bool`, False keeps that module as it is. `fqn` is its name in the
             unwrapped model (DDP's `module.` and torch.compile's `_orig_mod.` removed). Functional call sites
             (functional="convert") are offered as the equivalent module, e.g. an nn.ReLU named "conv1.relu".
@@ -75,7 +79,11 @@ def convert_activations(model: nn.Module, to: Union[str, type, Mapping[type, Any
             converting); "ignore" skips the search.
         return_report: return `(model, ConversionReport)` instead of the model. The report is also logged at
             INFO level on the "layeract_patch.convert" logger.
-        **layer_kwargs: passed to every new LayerAct, e.g. alpha=1e-5, start_dim=1.
+        **layer_kwargs: passed to every new LayerAct, e.g. alpha=1e-5, approximate="tanh" (LA-GELU), or
+            start_dim: "the layer" of every converted activation, for the whole model. 1 (the default, the
+            paper's) normalizes all non-batch dims of each sample: a ViT MLP's (N, L, D) activation over L x D;
+            -1 normalizes each token over D. With affine=True the weight acts along start_dim: per token (dim 1,
+            sized for one sequence length) by default on (N, L, D) tensors, per feature with start_dim=-1.
 
     Raises:
         ValueError: unknown `to`, a `to` key that is not an activation, bad options, affine without a way to size
@@ -215,8 +223,7 @@ def _choose(root: nn.Module, targets: Targets, filter_fn: Optional[Callable], re
         elif target is None:
             if not is_activation(module):
                 continue
-            reason = "not a target type" + (f"; to={{nn.{name}: 'la_silu'}} would convert it"
-                                            if type(module).__module__.startswith("torch.nn") else "")
+            reason = f"not a target type; {conversion_hint(type(module))}"
         elif filter_fn is not None and not filter_fn(module, slot.fqn):
             report.skipped.append(Skip(slot.fqn, name, "excluded by filter_fn"))
             continue
@@ -285,18 +292,15 @@ def _check_something_done(model: nn.Module, root: nn.Module, report: ConversionR
                           f"GraphModule), functional='ignore' silences this", UserWarning, stacklevel=3)
         return
     excluded = sum(1 for s in report.skipped if s.reason == "excluded by filter_fn")
-    others = Counter(s.type for s in report.skipped if s.reason.startswith("not a target"))
+    others = {s.type: s.reason.split("; ", 1)[1] for s in report.skipped if s.reason.startswith("not a target")}
+    counts = Counter(s.type for s in report.skipped if s.reason.startswith("not a target"))
     hints = []
     if excluded:
         hints.append(f"filter_fn excluded all {excluded} candidates")
     if pending:
         hints.append(f"its activations are functional calls ({labels}): pass functional='convert'")
-    if others:
-        first = next(type(m) for m in root.modules() if type(m).__name__ == next(iter(others)))
-        spelled = f"nn.{first.__name__}" if getattr(nn, first.__name__, None) is first else (
-            f"{first.__module__}.{first.__qualname__}")  # timm's GELU / GELUTanh are not nn's
-        hints.append(f"it has {', '.join(f'{t} x{n}' for t, n in others.items())}: map them, e.g. "
-                     f"to={{{spelled}: 'la_silu'}}")
+    if others:  # each type with the catalogue's hint: GELU x12 (to='la_gelu' converts it), ...
+        hints.append("it has " + ", ".join(f"{t} x{counts[t]} ({hint})" for t, hint in others.items()))
     raise ValueError(f"convert_activations found nothing to convert in {type(model).__name__}"
                      + ("; " + "; ".join(hints) if hints else
-                        ": it has no ReLU, SiLU or Hardswish modules (nor timm's Swish/HardSwish)"))
+                        f": it has no {', '.join(dict.fromkeys(t.__name__ for t in targets.by_type))} modules"))

@@ -11,12 +11,15 @@ from .. import catalogue
 from ..modules import LayerAct
 from .call_sites import CallSiteActs
 
-__all__ = ["Target", "Targets", "resolve_targets", "default_activation_types", "gate_types", "is_activation"]
+__all__ = ["Target", "Targets", "resolve_targets", "default_activation_types", "gate_types", "is_activation",
+           "conversion_hint"]
 
 
-def default_activation_types() -> Tuple[type, ...]:
-    """The module types converted when `to` is a name or a class (nn.ReLU, nn.SiLU, nn.Hardswish, timm's kin)."""
-    return catalogue.replaced_types()
+def default_activation_types(to: Any = "la_silu") -> Tuple[type, ...]:
+    """The module types converted when `to` is this name or class: the element families its catalogue record
+    converts (la_silu, la_hardsilu: nn.ReLU, nn.SiLU, nn.Hardswish and timm's kin; la_gelu: nn.GELU and timm's
+    GELU, GELUTanh)."""
+    return catalogue.replaced_types(catalogue.converted_families(_target(to, {}, False).cls))
 
 
 def gate_types() -> Tuple[type, ...]:
@@ -32,6 +35,23 @@ def _activation_like_types() -> Tuple[type, ...]:
 def is_activation(module: nn.Module) -> bool:
     """An activation (converted or not) or a gate: worth a line in the report when it is not converted."""
     return isinstance(module, _activation_like_types())
+
+
+def _spelled(cls: type) -> str:
+    """A class as code names it: nn.ELU, or timm's by module (timm.layers.activations.GELUTanh is not nn's)."""
+    return f"nn.{cls.__name__}" if getattr(nn, cls.__name__, None) is cls else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def conversion_hint(cls: type) -> str:
+    """How an activation class that `to` does not target would be converted, from the catalogue: the LayerAct of
+    its family by name (GELU: to='la_gelu'), why it has none (QuickGELU), or a mapping to LA-SiLU."""
+    record = catalogue.element_of(cls)
+    if record is not None:
+        return f"to={catalogue.layer_act_for(record).name!r} converts it"
+    note = catalogue.no_layer_act_form(cls)
+    if note is not None:
+        return note.format(cls=_spelled(cls))
+    return f"to={{{_spelled(cls)}: 'la_silu'}} would convert it"
 
 
 class Target(NamedTuple):
@@ -54,6 +74,8 @@ class Target(NamedTuple):
         (an example call or the module feeding the site)."""
         kwargs = dict(self.kwargs)
         kwargs.setdefault("inplace", bool(getattr(old, "inplace", False)))
+        for key, value in catalogue.form_options(self.cls, old).items():  # the source's form unless one was given
+            kwargs.setdefault(key, value)
         if channels is not None:
             if isinstance(like, nn.Module):
                 like = next(iter(like.parameters()), next(iter(like.buffers()), None))
@@ -100,7 +122,8 @@ def _target(value: Any, layer_kwargs: Dict[str, Any], affine: bool) -> Target:
             raise ValueError(f"unknown activation {value!r} for convert_activations(to=...); choose one of: "
                              f"{_names()} (each also as name + '_affine'), a LayerAct class, or a mapping "
                              f"{{source module type: target}}") from None
-        value = record.module_class() if record.layer_act else value
+        if record.layer_act:
+            value, kwargs = record.module_class(), {**kwargs, **dict(record.options)}
     if isinstance(value, partial):
         kwargs, value = {**kwargs, **value.keywords}, value.func
     if not (isinstance(value, type) and issubclass(value, LayerAct)):
@@ -136,7 +159,8 @@ def resolve_targets(to: Any, layer_kwargs: Dict[str, Any], affine: bool) -> Targ
     """`to` as Targets; every bad value raises here, before the model is touched."""
     if not isinstance(to, Mapping):
         target = _target(to, layer_kwargs, affine)
-        return Targets({source: target for source in default_activation_types()}, target)
+        sources = catalogue.replaced_types(catalogue.converted_families(target.cls))
+        return Targets({source: target for source in sources}, target)
     if not to:
         raise ValueError("convert_activations(to={}) has nothing to convert; map source module types to targets, "
                          "e.g. to={nn.Hardswish: 'la_hardsilu', nn.ReLU: 'la_silu'}")
