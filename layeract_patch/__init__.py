@@ -15,7 +15,7 @@ from .timm_compat import register_timm_activations, unregister_timm_activations
 __version__ = "0.1.0"
 
 # name -> the submodule that defines it, imported when the name is first used
-_LAZY = {name: "convert" for name in ("convert_activations", "ConversionReport", "CallSiteActs",
+_LAZY = {name: "convert" for name in ("convert_activations", "Calibration", "ConversionReport", "CallSiteActs",
                                       "default_activation_types", "gate_types")}
 _LAZY_MODULES = ("models", "training", "convert")
 
@@ -41,6 +41,7 @@ __all__ = [
     "layer_act",
     "la_reference",
     "convert_activations",
+    "Calibration",
     "ConversionReport",
     "CallSiteActs",
     "default_activation_types",

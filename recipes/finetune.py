@@ -61,7 +61,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", required=True, help="ImageFolder root with train/ and val/ (or test/)")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int, default=d["epochs"], help="passes over train/ (1 when neither is given)")
-    budget.add_argument("--max-iter", type=int, default=d["max_iter"], help="iterations of --batch-size images")
+    budget.add_argument("--max-iter", type=int, default=d["max_iter"],
+                        help="iterations of --batch-size images (0: measure the swap only, no training)")
     parser.add_argument("--batch-size", type=int, default=d["batch_size"], help="images per step")
     parser.add_argument("--img-size", type=int, default=d["img_size"], help="input side; default: the model's own")
     parser.add_argument("--crop-pct", type=float, default=d["crop_pct"],
@@ -79,6 +80,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="F.relu-style calls (googlenet, inception_v3): list them, or convert them with torch.fx")
     parser.add_argument("--baseline", action="store_true",
                         help="also fine-tune the unconverted model for the same budget")
+    parser.add_argument("--calibrate", type=int, default=d["calibrate"], metavar="N",
+                        help="fit the affine LayerAct to the replaced activations on N training images before "
+                             "fine-tuning (needs an _affine --act, or auto); the plain swap is measured beside it")
     parser.add_argument("--seed", type=int, default=d["seed"], help="data order, augmentation, new head, dropout")
     parser.add_argument("--device", default=d["device"], help="auto, cpu, cuda or cuda:<index>")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=d["amp"],

@@ -323,3 +323,68 @@ def test_resume_refuses_a_changed_data_set(image_root, timm_weights, tmp_path, c
     assert cli(*args, "--resume", out=tmp_path / "run") == 2
     err = capsys.readouterr().err
     assert "the data set" in err and "'train_images': 24" in err and "'train_images': 25" in err
+
+
+@pytest.fixture(scope="module")
+def cifar_relu_weights(tmp_path_factory):
+    """A model.pt as recipes/cifar_resnet.py writes it: a ReLU CIFAR ResNet-20 with trained batch-norm statistics."""
+    import timm
+
+    import layeract_patch.models  # noqa: F401  (registers cifar_resnet20 with timm)
+
+    torch.manual_seed(0)
+    model = timm.create_model("cifar_resnet20", act="relu", num_classes=len(COLORS))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(4):
+        images = torch.randn(16, 3, 32, 32) + torch.rand(16, 3, 1, 1)
+        loss = nn.functional.cross_entropy(model(images), (images[:, 0].mean((1, 2)) > 0.5).long())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    path = tmp_path_factory.mktemp("cifar") / "model.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_calibrate_measures_plain_and_calibrated_swaps_then_finetunes(image_root, cifar_relu_weights, tmp_path,
+                                                                       capsys):
+    out = tmp_path / "run"
+    assert cli("--model", "timm/cifar_resnet20", "--model-kwargs", "act=relu", "--weights", cifar_relu_weights,
+               "--data-dir", image_root, "--act", "la_silu_affine", "--calibrate", "12", "--max-iter", "2",
+               "--baseline", "--smoothing", "0", out=out) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert {"original", "plain_swap", "converted", "finetuned", "baseline"} <= set(results)
+    assert results["settings"]["calibrate"] == 12 and results["seconds"]["calibrate"] > 0
+    sites = results["conversion"]["calibration"]
+    assert len(sites) == results["conversion"]["swapped"] == 19  # ResNet-20: stem + 2 per block
+    assert all(s["samples"] == 12 and s["source"] == "ReLU" for s in sites)
+    assert all(s["calibrated_error"] < s["plain_error"] for s in sites)
+    # the calibrated swap keeps the ReLU model's function far better than the plain swap (its loss, on val/)
+    original, plain, calibrated = (results[k]["loss"] for k in ("original", "plain_swap", "converted"))
+    assert abs(calibrated - original) < 0.25 * abs(plain - original)
+    table = capsys.readouterr().out
+    assert "plain swap" in table and "calibrated (12 images)" in table
+
+    # --max-iter 0: the swap measured, nothing trained, no checkpoint written
+    out = tmp_path / "swap_only"
+    assert cli("--model", "timm/cifar_resnet20", "--model-kwargs", "act=relu", "--weights", cifar_relu_weights,
+               "--data-dir", image_root, "--act", "la_silu_affine", "--calibrate", "12", "--max-iter", "0",
+               out=out) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert {"original", "plain_swap", "converted"} <= set(results) and "finetuned" not in results
+    assert not list(out.glob("checkpoint_*.pt"))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--act", "la_silu", "--calibrate", "8"), "use --act la_silu_affine"),
+    (("--act", "la_silu_affine", "--calibrate", "0"), "number of training images"),
+    (("--act", "la_silu_affine", "--calibrate", "500"), "more images than the training split"),
+])
+def test_bad_calibrate_flags_are_one_error_line(extra, message, image_root, cifar_relu_weights, tmp_path, capsys):
+    argv = ["--model", "timm/cifar_resnet20", "--model-kwargs", "act=relu", "--weights", str(cifar_relu_weights),
+            "--data-dir", str(image_root), "--max-iter", "1", "--workers", "0", "--img-size", "32", "--batch-size", "8",
+            "--out", str(tmp_path / "out"), *extra]
+    assert recipe.run(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "out" / "results.json").exists()

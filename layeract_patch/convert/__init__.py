@@ -12,14 +12,17 @@ Without `affine` nothing is added to the state_dict, so pretrained weights load 
     report.py            ConversionReport
     example_forward.py   the example forward (example_input): call sites, functional calls, discarded results
     sizing.py            affine=True: one weight/bias per call site, sized; CallSiteActs for reused modules
+    calibrate.py         calibrate=: fit each affine LayerAct to the activation it replaced (trained models)
     call_sites.py        CallSiteActs
     functional_calls.py  F.relu & co.: found in forward code, or rewritten into modules with torch.fx
     tracing.py           the torch.fx trace that keeps activations whole
     wrappers.py          DDP / DataParallel / torch.compile wrappers and their name prefixes
 """
+from .calibrate import Calibration
 from .call_sites import CallSiteActs
 from .report import ConversionReport
 from .swap import convert_activations
 from .targets import default_activation_types, gate_types
 
-__all__ = ["convert_activations", "ConversionReport", "CallSiteActs", "default_activation_types", "gate_types"]
+__all__ = ["convert_activations", "Calibration", "ConversionReport", "CallSiteActs", "default_activation_types",
+           "gate_types"]

@@ -5,7 +5,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import List, NamedTuple
 
-__all__ = ["ConversionReport", "Swap", "Skip", "FunctionalCall"]
+__all__ = ["ConversionReport", "Swap", "Skip", "FunctionalCall", "LayerCalibration"]
 
 MAX_LISTED = 40
 
@@ -28,12 +28,22 @@ class FunctionalCall(NamedTuple):
     status: str  # "found ...", "now module ...", "left as is: ..."
 
 
+class LayerCalibration(NamedTuple):
+    """One calibrated site: relative MSE of its output against the replaced activation's, on `samples` inputs."""
+    fqn: str
+    source: str  # the replaced activation's class
+    plain_error: float  # the plain swap (weight 1, bias 0)
+    calibrated_error: float
+    samples: int
+
+
 @dataclass
 class ConversionReport:
     """What `convert_activations` did: `swapped`, `skipped` (with the reason) and `functional` call sites.
 
     Names are fully qualified as in the unwrapped model (no `module.` / `_orig_mod.` prefix);
-    "" is the root. `notes` says what could not be checked or was given up.
+    "" is the root. `notes` says what could not be checked or was given up. With `calibrate=`, `calibration`
+    has one LayerCalibration per call site, in forward order.
     """
 
     model: str
@@ -41,6 +51,7 @@ class ConversionReport:
     skipped: List[Skip] = field(default_factory=list)
     functional: List[FunctionalCall] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
+    calibration: List[LayerCalibration] = field(default_factory=list)
 
     def pending_functional(self) -> List[FunctionalCall]:
         """Functional calls found and left unconverted."""
@@ -54,6 +65,8 @@ class ConversionReport:
         sections = (("swapped", [f"{s.fqn or '<root>'}: {s.old} -> {s.new}" for s in self.swapped]),
                     ("skipped", [f"{s.fqn or '<root>'}: {s.type} ({s.reason})" for s in self.skipped]),
                     ("functional", [f"{c.fqn or '<root>'}: {c.function} ({c.status})" for c in self.functional]),
+                    ("calibration", [f"{c.fqn}: {c.source} relative error {c.plain_error:.4g} (plain swap) -> "
+                                     f"{c.calibrated_error:.4g} on {c.samples} samples" for c in self.calibration]),
                     ("notes", list(self.notes)))
         for title, entries in sections:
             if entries:

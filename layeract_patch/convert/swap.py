@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.utils.parametrize import is_parametrized
 
 from ..modules import LayerAct
+from .calibrate import as_calibration, calibrate_sites, calibration_batches, check_model_runs
 from .call_sites import CallSiteActs
 from .example_forward import record
 from .functional_calls import discarded_in_code, find_by_tracing, find_in_code, rewrite
@@ -38,7 +39,7 @@ _HOOK_ATTRS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_a
 def convert_activations(model: nn.Module, to: Union[str, type, Mapping[type, Any]] = "la_silu", *,
                         filter_fn: Optional[Callable[[nn.Module, str], bool]] = None, affine: bool = False,
                         example_input: Any = None, functional: str = "report", return_report: bool = False,
-                        **layer_kwargs: Any):
+                        calibrate: Any = None, **layer_kwargs: Any):
     """Replace the activations of `model` with LayerAct, in place; returns the (possibly new) root.
 
     Args:
@@ -77,6 +78,14 @@ def convert_activations(model: nn.Module, to: Union[str, type, Mapping[type, Any
             modules with torch.fx first, which returns a GraphModule (the model's own methods such as timm's
             forward_features are gone, train/eval control flow is fixed at trace time; load weights before
             converting); "ignore" skips the search.
+        calibrate: data to fit each affine LayerAct's weight and bias to the activation it replaces, so that a
+            trained model keeps what it learned (see `convert/calibrate.py`): a tensor batch of model inputs, or
+            an iterable (a list, a DataLoader) of batches or of (input, target) pairs; a few hundred samples are
+            enough; `layeract_patch.Calibration(data, steps=...)` sets how hard each site is fitted. Needs an
+            affine target ("la_silu_affine", "la_hardsilu_affine", or affine=True). The model runs in eval mode
+            without grad while calibrating; only the new weights and biases are written, and each module's
+            train/eval mode is restored. Without example_input, the first batch serves as one.
+            The report's `calibration` lists each site's reconstruction error before and after.
         return_report: return `(model, ConversionReport)` instead of the model. The report is also logged at
             INFO level on the "layeract_patch.convert" logger.
         **layer_kwargs: passed to every new LayerAct, e.g. alpha=1e-5, approximate="tanh" (LA-GELU), or
@@ -98,6 +107,14 @@ def convert_activations(model: nn.Module, to: Union[str, type, Mapping[type, Any
         raise TypeError(f"filter_fn must be callable as filter_fn(module, fqn) -> bool, got {type(filter_fn).__name__}")
     refuse_scripted(model)
     targets = resolve_targets(to, layer_kwargs, affine)
+    batches = None
+    if calibrate is not None:  # prepare: everything about the data is checked before the model changes
+        _require_affine(targets, to)
+        calibrate = as_calibration(calibrate)
+        batches = calibration_batches(calibrate.data)
+        check_model_runs(model, batches)
+        if example_input is None:
+            example_input = _on_device_of(model, batches[0])
     if targets.any_affine and isinstance(model, nn.parallel.DistributedDataParallel):
         raise ValueError("affine=True adds parameters, which DistributedDataParallel would not synchronize: convert "
                          "model.module first, then wrap it in DDP and build the optimizer")
@@ -151,10 +168,36 @@ def convert_activations(model: nn.Module, to: Union[str, type, Mapping[type, Any
         for index, caller in enumerate(callers):
             dispatch.attach(caller if caller is not None else root, index)
 
+    if batches is not None:
+        sites = []  # (name, affine LayerAct, the activation it replaced): one per call site
+        for key, slots in chosen.items():
+            new = replacements[key][0]
+            split = isinstance(new, CallSiteActs)
+            sites += [(f"{slots[0].fqn}.sites.{i}" if split else slots[0].fqn, site, slots[0].child)
+                      for i, site in enumerate(new.sites if split else [new])]
+        report.calibration, unreached = calibrate_sites(root, sites, batches, calibrate)
+        if unreached:
+            report.notes.append(f"not calibrated (no calibration forward reached them; weight 1, bias 0): "
+                                f"{', '.join(unreached)}")
     _warn_not_retargeted(model, kept, targets)
     _check_something_done(model, root, report, targets, example_input is None and functional == "report" and inner)
     logger.info("%s", report)
     return (root, report) if return_report else root
+
+
+def _require_affine(targets: Targets, to: Any) -> None:
+    """calibrate= fits an affine LayerAct's weight and bias: a target without them is refused, naming the fix."""
+    plain = [t for t in targets.by_type.values() if not t.affine]
+    if plain:
+        name = to.strip().lower() if isinstance(to, str) else f"{plain[0].cls.__name__}"
+        fix = f"to={name + '_affine'!r}" if isinstance(to, str) else "affine=True"
+        raise ValueError(f"calibrate= fits the weight and bias of an affine LayerAct, and the target "
+                         f"{plain[0].describe()} has none; convert with {fix} (or affine=True)")
+
+
+def _on_device_of(model: nn.Module, batch: Any) -> Any:
+    first = next(iter(model.parameters()), next(iter(model.buffers()), None))
+    return batch.to(first.device) if first is not None else batch
 
 
 class _Slot(NamedTuple):

@@ -51,7 +51,9 @@ RUN_ONLY = ("out", "resume", "device", "workers", "save_every")
 class FinetuneConfig:
     """Everything one fine-tuning run depends on; the recipe's flags map one to one onto these fields.
 
-    `epochs` or `max_iter` sets the budget (iterations of `batch_size` images); `lr` and
+    `epochs` or `max_iter` sets the budget (iterations of `batch_size` images; max_iter=0 measures the swap
+    alone, without training); `calibrate` (N) fits the affine LayerAct to the replaced activations on N
+    training images (eval transform) before fine-tuning, and the plain swap is measured beside it; `lr` and
     `weight_decay` default by optimizer (AdamW 1e-4 / 0.05, SGD 1e-2 / 1e-4); `warmup_iters`
     defaults to 5% of the budget; `amp` and `channels_last` default to on for CUDA, off for the CPU.
     """
@@ -77,6 +79,7 @@ class FinetuneConfig:
     reset_head: bool = False
     functional: str = "report"
     baseline: bool = False
+    calibrate: Optional[int] = None
     seed: int = 0
     device: str = "auto"
     amp: Optional[bool] = None
@@ -103,6 +106,7 @@ def _to_device(images: Tensor, targets: Tensor, device: torch.device, channels_l
     return images, targets.to(device, non_blocking=True)
 
 
+@torch.no_grad()  # without it every batch's graph stayed alive through `totals`: 10,000 images filled 22 GB
 def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
              channels_last: bool = False) -> Dict[str, float]:
     """{"top1", "top5", "loss", "loss_std", "count"} of `model` in eval mode over a loader of preprocessed batches.
@@ -199,7 +203,8 @@ ACT_CHOICES = ("la_silu", "la_hardsilu", "la_silu_affine", "la_hardsilu_affine",
 
 def conversion_target(act: str):
     """(to, affine) for convert_activations: 'la_silu_affine' -> ('la_silu', True); 'auto' maps the
-    hard-swish family to LA-HardSiLU and every other activation to LA-SiLU, each to its own smooth/hard kin."""
+    hard-swish family to LA-HardSiLU and every other activation to LA-SiLU, each to its own smooth/hard kin
+    (affine only with --calibrate, which is why 'auto' returns affine=False here)."""
     name = act.strip().lower() if isinstance(act, str) else act
     if name not in ACT_CHOICES:
         raise ValueError(f"--act {act!r} is not a LayerAct conversion; choose one of: {', '.join(ACT_CHOICES)}")
@@ -221,7 +226,19 @@ def check_config(cfg: FinetuneConfig) -> FinetuneConfig:
         raise ValueError(f"unknown optimizer {cfg.opt!r}; choose one of: {', '.join(OPTIMIZERS)}")
     if cfg.epochs is not None and cfg.max_iter is not None:
         raise ValueError("give either --epochs or --max-iter, not both")
-    for key in ("batch_size", "img_size", "epochs", "max_iter", "save_every"):
+    if cfg.calibrate is not None:
+        if cfg.calibrate <= 0:
+            raise ValueError(f"--calibrate takes the number of training images to calibrate on (e.g. 512), got "
+                             f"{cfg.calibrate}")
+        if not (cfg.act.endswith("_affine") or cfg.act == "auto"):
+            raise ValueError(f"--calibrate fits the weight and bias of an affine LayerAct, and --act {cfg.act} has "
+                             f"none; use --act {cfg.act}_affine")
+    if cfg.max_iter == 0 and cfg.baseline:
+        raise ValueError("--max-iter 0 measures the swap without training, so --baseline has nothing to compare; "
+                         "drop one of them")
+    if cfg.max_iter is not None and cfg.max_iter < 0:
+        raise ValueError(f"--max-iter must be >= 0 (0: measure the swap without training), got {cfg.max_iter}")
+    for key in ("batch_size", "img_size", "epochs", "save_every"):
         value = getattr(cfg, key)
         if value is not None and value <= 0:
             raise ValueError(f"{flag(key)} must be positive, got {value}")
@@ -321,6 +338,9 @@ def _run(cfg: FinetuneConfig, out: Path, stream: TextIO) -> dict:
 
     iterations = cfg.max_iter if cfg.max_iter is not None else (cfg.epochs or 1) * per_epoch
     warmup = round(0.05 * iterations) if cfg.warmup_iters is None else cfg.warmup_iters
+    if cfg.calibrate is not None and cfg.calibrate > len(train_set):
+        raise ValueError(f"--calibrate {cfg.calibrate} asks for more images than the training split's "
+                         f"{len(train_set)}; lower it")
     results.update(model=cfg.model, act=cfg.act, weights=cfg.weights or "pretrained", settings=settings,
                    classes=classes, new_head=new_head, iterations=iterations, batch_size=cfg.batch_size)
     results.setdefault("seconds", {})
@@ -340,12 +360,29 @@ def _run(cfg: FinetuneConfig, out: Path, stream: TextIO) -> dict:
     from ..convert import convert_activations
 
     model.eval()  # the example forward then works for a batch of one and leaves BatchNorm alone
-    model, report = convert_activations(model, to=target, affine=affine, example_input=example,
-                                        functional=cfg.functional, return_report=True)
+    calibration = None
+    if cfg.calibrate is not None:
+        # What the swap costs without calibration, on a copy: the same LayerAct with weight 1 and bias 0.
+        if "plain_swap" not in results:
+            plain = convert_activations(copy.deepcopy(model), to=target, example_input=example,
+                                        functional=cfg.functional)
+            measure("plain_swap", plain)
+            del plain
+        calibration = calibration_images(train_set, eval_set.transform, cfg.calibrate, cfg.seed, device)
+        print(f"calibrating on {cfg.calibrate} training images", file=stream)
+    start = time.perf_counter()
+    model, report = convert_activations(model, to=target, affine=affine or calibration is not None,
+                                        example_input=example, functional=cfg.functional, return_report=True,
+                                        calibrate=calibration)
     results["conversion"] = {"swapped": len(report.swapped), "skipped": len(report.skipped),
                              "functional": [f"{c.fqn}: {c.function} ({c.status})" for c in report.functional]}
+    if calibration is not None:
+        results["conversion"]["calibration"] = [c._asdict() for c in report.calibration]
+        results["seconds"]["calibrate"] = round(time.perf_counter() - start, 2)
     print(str(report).splitlines()[0], file=stream)
     measure("converted", model)
+    if iterations == 0:
+        return results
 
     runs = [("finetuned", model)] + ([("baseline", baseline)] if baseline is not None else [])
     results.setdefault("history", {})
@@ -364,18 +401,28 @@ def _run(cfg: FinetuneConfig, out: Path, stream: TextIO) -> dict:
     return results
 
 
+def calibration_images(train_set, transform, count: int, seed: int, device: torch.device) -> List[Tensor]:
+    """`count` training images drawn by `seed`, through the eval transform (no augmentation), in batches."""
+    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    images = torch.stack([transform(train_set.loader(train_set.samples[i][0])) for i in order]).to(device)
+    return list(images.split(128))
+
+
 def format_results(results: dict) -> str:
     """The printed table: one row per model state, top1 / top5 / loss and top1 change against the original."""
-    rows = [("original", "pretrained, as loaded"), ("converted", f"{results.get('act')}, before fine-tuning"),
+    calibrated = (results.get("settings") or {}).get("calibrate")
+    act = results.get("act")
+    rows = [("original", "pretrained, as loaded"), ("plain_swap", f"{act}, plain swap"),
+            ("converted", f"{act}, calibrated ({calibrated} images)" if calibrated else f"{act}, before fine-tuning"),
             ("finetuned", f"{results.get('act')}, fine-tuned"), ("baseline", "unconverted, fine-tuned")]
     reference = results.get("original", {}).get("top1")
-    lines = [f"{'model':<10} {'state':<30} {'top1':>7} {'top5':>7} {'loss':>7} {'d top1':>7}"]
+    lines = [f"{'model':<10} {'state':<40} {'top1':>7} {'top5':>7} {'loss':>7} {'d top1':>7}"]
     for key, state in rows:
         if key not in results:
             continue
         m = results[key]
         delta = "" if reference is None else f"{m['top1'] - reference:+.2f}"
-        lines.append(f"{key:<10} {state:<30} {m['top1']:>7.2f} {m['top5']:>7.2f} {m['loss']:>7.4f} {delta:>7}")
+        lines.append(f"{key:<10} {state:<40} {m['top1']:>7.2f} {m['top5']:>7.2f} {m['loss']:>7.4f} {delta:>7}")
     if results.get("new_head"):
         lines.append(f"(new {results['classes']}-class head: original and converted are before any training)")
     return "\n".join(lines)

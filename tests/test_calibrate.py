@@ -1,0 +1,134 @@
+"""Calibrated conversion: convert_activations(model, to="la_silu_affine", calibrate=data) on a trained model."""
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from layeract_patch import convert_activations
+from layeract_patch.convert import CallSiteActs
+from layeract_patch.modules import LayerAct
+
+
+class Block(nn.Module):
+    """A residual block that calls one activation module twice, as torchvision's ResNet blocks do."""
+
+    def __init__(self, channels: int, act: nn.Module) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
+        self.conv2, self.bn2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
+        self.act = act
+
+    def forward(self, x):
+        return self.act(self.bn2(self.conv2(self.act(self.bn1(self.conv1(x))))) + x)
+
+
+def small_net(act: type) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), act(), Block(8, act()),
+                         nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), act(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+
+
+def trained(act: type, seed: int = 0):
+    """A small CNN trained for a few dozen steps on a learnable synthetic task; returns it and held-out inputs."""
+    torch.manual_seed(seed)
+    net = small_net(act)
+    images = torch.randn(256, 3, 12, 12)
+    labels = (images[:, 0, :6].mean((1, 2)) > 0).long() + 2 * (images[:, 1, 6:].mean((1, 2)) > 0).long()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    for step in range(40):
+        rows = torch.arange(step * 32, step * 32 + 32) % 256
+        loss = nn.functional.cross_entropy(net(images[rows]), labels[rows])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return net, images
+
+
+def snapshot(model: nn.Module):
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+# How much closer to the original's logits the calibrated swap must come than the plain one. A smooth source is
+# already near its LayerAct (errors ~1e-3 a site) and what is left is the spread of per-sample statistics, which
+# per-channel parameters cannot follow; ReLU's step is matched almost exactly by a steep gate.
+@pytest.mark.parametrize("act,to,factor", [(nn.SiLU, "la_silu_affine", 0.5), (nn.ReLU, "la_silu_affine", 0.01),
+                                           (nn.Hardswish, "la_hardsilu_affine", 0.6)])
+def test_calibration_fits_every_site_and_writes_nothing_else(act, to, factor):
+    net, images = trained(act)
+    net.train()  # the user's mode, which calibration must give back
+    before = snapshot(net)
+    with torch.no_grad():
+        original = net.eval()(images)
+        plain = convert_activations(small_net(act), to=to.replace("_affine", ""))
+        plain.load_state_dict(before)
+        plain_out = plain.eval()(images)
+    net.train()
+
+    model, report = convert_activations(net, to=to, calibrate=images[:128], return_report=True)
+
+    # every call site (the block's activation is called twice: two sites) has a record, and each got better
+    assert isinstance(model[3].act, CallSiteActs)
+    assert len(report.calibration) == 4
+    for record in report.calibration:
+        assert record.samples == 128 and record.source == act.__name__
+        assert record.calibrated_error < record.plain_error, record
+    # nothing but the LayerAct weights and biases changed, bit for bit; the train/eval flags came back
+    after = model.state_dict()
+    for name, value in before.items():
+        assert torch.equal(after[name], value), name
+    new = set(after) - set(before)
+    assert new and all(name.endswith((".weight", ".bias")) for name in new)
+    assert all(m.training for m in model.modules())
+    # the calibrated model reproduces the original's logits far better than the plain swap, on held-out inputs
+    with torch.no_grad():
+        calibrated_out = model.eval()(images[128:])
+    gap = (calibrated_out - original[128:]).pow(2).mean()
+    assert gap < factor * (plain_out[128:] - original[128:]).pow(2).mean()
+    assert "calibration:" in str(report)
+
+
+def test_calibration_takes_a_dataloader_of_pairs_and_lists_of_batches():
+    net, images = trained(nn.SiLU, seed=1)
+    state = snapshot(net)
+    loader = DataLoader(TensorDataset(images[:96], torch.zeros(96, dtype=torch.long)), batch_size=32)
+    _, from_loader = convert_activations(net, to="la_silu_affine", calibrate=loader, return_report=True)
+    assert [r.samples for r in from_loader.calibration] == [96] * 4
+    again = small_net(nn.SiLU)
+    again.load_state_dict(state)
+    _, from_list = convert_activations(again, to="la_silu_affine", calibrate=list(images[:96].split(32)),
+                                       return_report=True)
+    # the same data gives the same fit, whichever container holds it
+    assert [r.calibrated_error for r in from_list.calibration] == [r.calibrated_error for r in from_loader.calibration]
+
+
+def untouched(model: nn.Module, state) -> bool:
+    after = model.state_dict()
+    return (set(after) == set(state) and all(torch.equal(after[k], v) for k, v in state.items())
+            and not any(isinstance(m, LayerAct) for m in model.modules()))
+
+
+@pytest.mark.parametrize("data,message", [
+    ([], "no data"),
+    (torch.randn(4, 5, 12, 12), "cannot run on the calibration data"),  # 5 channels for a 3-channel model
+    (torch.full((4, 3, 12, 12), float("nan")), "NaN or infinite"),
+    (torch.zeros(0, 3, 12, 12), "no samples"),
+    (torch.randint(0, 255, (4, 3, 12, 12)), "dtype"),
+    ("images/", "takes a tensor batch"),
+])
+def test_bad_calibration_data_is_one_error_and_leaves_the_model_as_it_was(data, message):
+    net, _ = trained(nn.ReLU)
+    state = snapshot(net)
+    with pytest.raises((ValueError, TypeError), match=message):
+        convert_activations(net, to="la_silu_affine", calibrate=data)
+    assert untouched(net, state)
+
+
+def test_calibrate_with_a_plain_target_names_the_affine_one():
+    net, images = trained(nn.SiLU)
+    state = snapshot(net)
+    with pytest.raises(ValueError, match="to='la_hardsilu_affine'"):
+        convert_activations(net, to="la_hardsilu", calibrate=images[:8])
+    assert untouched(net, state)
+    # affine=True is the other spelling of the same target, and works
+    model, report = convert_activations(net, to="la_silu", affine=True, calibrate=images[:32], return_report=True)
+    assert len(report.calibration) == 4
