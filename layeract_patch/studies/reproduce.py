@@ -14,6 +14,11 @@ with --resume; a run folder with neither (a run stopped before its first checkpo
 run starts again. So rerunning the same command finishes a study without repeating work. With
 eval_corruptions (`--eval-corruptions`), a finished run without CIFAR-C results is resumed only to be
 evaluated (the recipe's --eval-corruptions is a run-only setting: the training is not repeated).
+
+One runner at a time: OUT is locked as the recipes lock theirs (training/outdir.py), and a second runner
+stops, naming the first. A finished run whose runner was killed before writing its meta file gets one
+rebuilt from its run folder (said so in the log and in the file). A damaged study file is named, with
+what to do, before any run starts.
 """
 from __future__ import annotations
 
@@ -28,10 +33,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ..training.outdir import claim_output
 from ..training.results import write_csv, write_json
 from .presets import MODELS, RunSpec
 
@@ -122,7 +128,26 @@ def shell_command(cmd: Sequence[str], threads: int) -> str:
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """The JSON object in `path` ({} when there is none); ValueError naming the file and the fix when it is not one."""
+    if not path.is_file():
+        return {}
+    try:
+        found = json.loads(path.read_text())
+    except ValueError as err:  # e.g. a file cut short when its disk filled
+        found = err
+    if not isinstance(found, dict):
+        raise ValueError(_damaged(path, f"not a JSON object ({found})"))
+    return found
+
+
+def _damaged(path: Path, what: str) -> str:
+    """The message for a study file that cannot be read: what is wrong, and what to do."""
+    if path.parent.name == "meta":
+        fix = "delete it and run the study again: a finished run's record is rebuilt from its run folder"
+    else:
+        fix = ("delete it and run the study again: the run continues from its checkpoint (or starts again when it "
+               "has none)")
+    return f"study file {str(path)!r} is damaged: {what}; {fix}"
 
 
 def _code_version(root: Path) -> str:
@@ -215,38 +240,74 @@ def _launch(item: Planned, config: StudyConfig, stop: threading.Event) -> Dict:
 
 
 def rebuild_runs_csv(out: Path) -> List[Dict]:
-    """runs.csv from every finished run under out/runs with its meta file: one row per run, sorted by name."""
+    """runs.csv from every finished run under out/runs with its meta file: one row per run, sorted by name.
+    ValueError naming the first study file that cannot be read, and what to do about it."""
     out = Path(out)
     rows = []
     for meta_path in sorted((out / "meta").glob("*.json")):
         meta = _read_json(meta_path)
-        spec = meta["spec"]
-        run_dir = out / "runs" / spec["name"]
-        results = _read_json(run_dir / "results.json")
+        try:
+            spec, schedule = meta["spec"], meta["spec"]["schedule"]
+            wall = meta["wall_seconds"]
+            row = {
+                "model": spec["model"], "depth": spec["depth"] if spec["depth"] is not None else "",
+                "norm": spec["norm"], "act": spec["act"], "init": spec["init"], "seed": spec["seed"],
+                "dataset": spec["dataset"], "wall_seconds": "" if wall is None else round(wall, 1),
+                "max_iter": schedule["max_iter"],
+                "milestones": " ".join(map(str, schedule["milestones"] or (schedule["max_iter"] // 2,
+                                                                           schedule["max_iter"] * 3 // 4))),
+                "lr": schedule["lr"] if schedule["lr"] is not None else (0.01 if spec["norm"] == "none" else 0.1),
+                "batch_size": schedule["batch_size"], "eval_every": min(schedule["eval_every"], schedule["max_iter"]),
+                "amp": meta["amp"], "data_dir": meta["data_dir"], "run_dir": f"runs/{spec['name']}",
+                "command": meta["command"]}
+        except (KeyError, TypeError) as err:
+            raise ValueError(_damaged(meta_path, f"it has no {err} entry")) from None
+        results_path = out / "runs" / spec["name"] / "results.json"
+        results = _read_json(results_path)
         if not results:
             continue
-        seed_run = results["runs"][0]
-        test, val = seed_run["test"], seed_run.get("val") or {}
-        schedule = spec["schedule"]
-        milestones = schedule["milestones"] or (schedule["max_iter"] // 2, schedule["max_iter"] * 3 // 4)
-        lr = schedule["lr"] if schedule["lr"] is not None else (0.01 if spec["norm"] == "none" else 0.1)
-        rows.append({
-            "model": spec["model"], "depth": spec["depth"] if spec["depth"] is not None else "",
-            "norm": spec["norm"], "act": spec["act"], "init": spec["init"], "seed": spec["seed"],
-            "dataset": spec["dataset"], "iterations": seed_run["iterations"], "test_top1": test["top1"],
-            "test_top5": test.get("top5", ""), "test_loss": test["loss"], "test_loss_std": test.get("loss_std", ""),
-            "val_top1": val.get("top1", ""), "wall_seconds": round(meta["wall_seconds"], 1),
-            "train_seconds": round(seed_run["train_seconds"], 1), "max_iter": schedule["max_iter"],
-            "milestones": " ".join(map(str, milestones)), "lr": lr, "batch_size": schedule["batch_size"],
-            "eval_every": min(schedule["eval_every"], schedule["max_iter"]), "amp": meta["amp"],
-            "data_dir": meta["data_dir"], "run_dir": f"runs/{spec['name']}", "command": meta["command"],
-            # what the recipe says it loaded ("cifar10", or "imagefolder:<name>" for an ImageFolder such as the
-            # JPEG export), beside the preset's name for the data set
-            "data_source": results.get("dataset", ""),
-            **_corruption_cells(results),
-        })
+        try:
+            seed_run = results["runs"][0]
+            test, val = seed_run["test"], seed_run.get("val") or {}
+            row.update({
+                "iterations": seed_run["iterations"], "test_top1": test["top1"], "test_top5": test.get("top5", ""),
+                "test_loss": test["loss"], "test_loss_std": test.get("loss_std", ""), "val_top1": val.get("top1", ""),
+                "train_seconds": round(seed_run["train_seconds"], 1),
+                # what the recipe says it loaded ("cifar10", or "imagefolder:<name>" for an ImageFolder such as the
+                # JPEG export), beside the preset's name for the data set
+                "data_source": results.get("dataset", ""),
+                **_corruption_cells(results)})
+        except (KeyError, IndexError, TypeError, AttributeError) as err:
+            what = "an empty 'runs' list" if isinstance(err, IndexError) else f"no {err} entry"
+            raise ValueError(_damaged(results_path, f"it has {what}")) from None
+        rows.append(row)
     write_csv(rows, out / "runs.csv", RUN_COLUMNS)
     return rows
+
+
+def _recover_records(planned: Sequence[Planned], config: StudyConfig, log) -> None:
+    """A finished run without meta/<name>.json (the runner was killed after its recipe finished, before it could
+    record the run) would never reach runs.csv: rebuild its record from the run folder, and say so."""
+    recovered = []
+    for item in planned:
+        meta_path = config.out / "meta" / f"{item.spec.name}.json"
+        if item.status not in ("done", "evaluate") or meta_path.is_file():
+            continue
+        args = _read_json(config.run_dir(item.spec) / "results.json").get("args") or {}
+        ran = replace(config, amp=bool(args.get("amp", config.amp)), device=args.get("device") or config.device,
+                      eval_corruptions=bool(args.get("eval_corruptions", config.eval_corruptions)))
+        write_json({
+            "spec": {**asdict(item.spec), "name": item.spec.name},
+            "command": shlex.join(ran.command(item.spec)),  # its threads are not known
+            "attempts": [], "wall_seconds": None, "returncode": 0, "amp": ran.amp,
+            "data_dir": str(args.get("data_dir") or config.data_for(item.spec)), "code_version": [],
+            "recovered": f"rebuilt from runs/{item.spec.name}: the runner stopped before recording the finished "
+                         f"run; its attempts, wall time, threads and code version are unknown"}, meta_path)
+        recovered.append(item.spec.name)
+    if recovered:
+        log(f"recovered the record of {len(recovered)} finished run(s) whose runner stopped before recording them "
+            f"(meta/<name>.json rebuilt from the run folder; wall time and code version unknown): "
+            f"{', '.join(recovered)}")
 
 
 def _corruption_cells(results: Dict) -> Dict:
@@ -263,10 +324,16 @@ def run_study(specs: Sequence[RunSpec], config: StudyConfig, log=print) -> Dict:
     Ctrl-C (or SIGTERM to the runner): the running recipes save a checkpoint and stop, no new run starts,
     and the same command later continues where this one stopped.
     """
+    with claim_output(config.out):  # one runner per study folder: a second would clear the first's runs
+        return _run_study(specs, config, log)
+
+
+def _run_study(specs: Sequence[RunSpec], config: StudyConfig, log) -> Dict:
     planned = plan(specs, config)
+    _recover_records(planned, config, log)
+    rebuild_runs_csv(config.out)  # every study file is read now, before any run starts
     # Seed-major order: every configuration's seed 0 first, so a study stopped part-way has balanced groups.
     todo = sorted((item for item in planned if item.status != "done"), key=lambda item: item.spec.seed)
-    config.out.mkdir(parents=True, exist_ok=True)
     log(f"{len(planned)} runs: {len(planned) - len(todo)} finished already, "
         f"{sum(i.status == 'resume' for i in todo)} to resume, {sum(i.status == 'start' for i in todo)} to start"
         + (f", {sum(i.status == 'evaluate' for i in todo)} to evaluate on CIFAR-C" if config.eval_corruptions else "")
