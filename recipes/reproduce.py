@@ -16,6 +16,7 @@ from layeract_patch.studies import presets
 from layeract_patch.studies.report import build_report
 from layeract_patch.studies.reproduce import StudyConfig, plan, rebuild_runs_csv, run_study, shell_command
 from layeract_patch.training.command import run_command
+from layeract_patch.training.outdir import check_output_path
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -63,6 +64,7 @@ def main(args: argparse.Namespace) -> int:
     config = StudyConfig(out=args.out or Path("runs") / f"study_{args.preset}", data_dir=args.data_dir,
                          data_dir_cifar100=args.data_dir_cifar100, jobs=args.jobs, threads=args.threads,
                          amp=args.amp, device=args.device, eval_corruptions=args.eval_corruptions)
+    check_output_path(config.out)  # a file, or a folder that cannot be written: refused, also for --dry-run
     if args.dry_run:
         for item in plan(specs, config):
             print(f"{item.status:8} {item.spec.name}" + (f"\n         {shell_command(item.command, config.threads)}" if item.command else ""))

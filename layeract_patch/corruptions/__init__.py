@@ -40,6 +40,7 @@ Users with the official files use `load_cifar_c` (the recipes' --corruptions-dir
 """
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Dict, Tuple
 
 import torch
@@ -50,7 +51,7 @@ from ._ops import to_levels
 from .files import SEVERITIES, load_cifar_c
 
 __all__ = ["CORRUPTIONS", "STANDARD", "EXTRA", "GROUPS", "SEVERITIES", "corrupt", "load_cifar_c",
-           "check_name_and_severity"]
+           "check_name_and_severity", "check_seed"]
 
 STANDARD = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
             "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
@@ -84,8 +85,15 @@ assert set(_FUNCTIONS) == set(CORRUPTIONS)
 def check_name_and_severity(name, severity) -> None:
     if not isinstance(name, str) or name not in _FUNCTIONS:
         raise ValueError(f"unknown corruption {name!r}; valid names: {', '.join(CORRUPTIONS)}")
-    if isinstance(severity, bool) or severity not in SEVERITIES:
+    if isinstance(severity, bool) or not isinstance(severity, numbers.Integral) or severity not in SEVERITIES:
         raise ValueError(f"severity must be one of {SEVERITIES} (an int), got {severity!r}")
+
+
+def check_seed(seed) -> int:
+    """The seed as torch.Generator takes it: an int from 0 to 2**64 - 1 (a float would be silently truncated)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 64:
+        raise ValueError(f"seed must be an int from 0 to 2**64 - 1, got {seed!r}")
+    return int(seed)
 
 
 def check_images(images) -> None:
@@ -104,9 +112,10 @@ def corrupt(images: Tensor, name: str, severity: int, seed: int = 0) -> Tensor:
     uint8 of the same shape on the same device, the same for the same seed."""
     check_name_and_severity(name, severity)
     check_images(images)
+    seed = check_seed(seed)
     if images.shape[0] == 0:
         return images.clone()
     gen = torch.Generator(device=images.device)
-    gen.manual_seed(int(seed))
+    gen.manual_seed(seed)
     out = _FUNCTIONS[name](images.float() / 255, severity, gen)
     return to_levels(out.clamp(0, 1)).to(torch.uint8)

@@ -53,8 +53,8 @@ def _check_inputs(images, labels, mean, std, corruptions, severities, batch_size
             check_name_and_severity(name, severity)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 44:  # chunk seeds < 2**64
+        raise ValueError(f"seed must be an int from 0 to 2**44 - 1, got {seed!r}")
     if corruptions_dir is not None:
         for name in corruptions:
             cifar_c_paths(corruptions_dir, name)

@@ -31,7 +31,8 @@ PathLike = Union[str, os.PathLike]
 def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temp file beside `path`; on success it replaces `path`, so readers see the old or the new file.
 
-    On any error (Ctrl-C, a full disk) the previous file stays as it was and the temp file is removed.
+    On any error (Ctrl-C, a full disk) the previous file stays as it was and the temp file is removed; an error
+    of the file system (torch.save wraps it in a RuntimeError) comes out as one OSError naming `path`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,10 +45,21 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        cause = _os_error(err)
+        if cause is not None:
+            raise OSError(cause.errno, f"cannot write {str(path)!r} ({cause.strerror or cause}); the file there "
+                                       f"before, if any, is unchanged") from None
         raise
     _fsync_dir(path.parent)
+
+
+def _os_error(err: BaseException) -> Optional[OSError]:
+    """The OSError that `err` is, or was raised while handling (a full disk under torch.save's RuntimeError)."""
+    while err is not None and not isinstance(err, OSError):
+        err = err.__cause__ or err.__context__
+    return err
 
 
 def save_checkpoint(state: dict, path: PathLike) -> Path:

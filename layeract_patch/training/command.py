@@ -1,12 +1,14 @@
 """The recipes' one command-line contract: every `recipes/*.py` ends in `run_command(parser, main, argv)`.
 
 Exit codes: 0 done; 2 bad input, after one `<prog>: error: ...` line and before anything is written
-(ValueError / FileNotFoundError from `main`); 1 training diverged (FloatingPointError), one line too;
-130 Ctrl-C, after the run saved what it needs to continue. No traceback for any of them.
+(ValueError / FileNotFoundError from `main`); 1 training diverged (FloatingPointError) or a write failed
+mid-run (OSError: a full disk), one line too; 130 Ctrl-C, after the run saved what it needs to continue.
+No traceback for any of them.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from typing import Any, Callable, Optional, Sequence
 
@@ -28,6 +30,11 @@ def run_command(parser: argparse.ArgumentParser, main: Callable[[argparse.Namesp
         return 2
     except FloatingPointError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a full disk or a file system gone read-only mid-run: what was saved is kept
+        text = err.strerror + (f": {err.filename!r}" if err.filename else "") if err.strerror else str(err)
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+        print(f"{parser.prog}: error: {text}" + (f"; make room, then {on_interrupt}" if full else ""), file=sys.stderr)
         return 1
     except KeyboardInterrupt as stop:
         detail = f" ({stop})" if str(stop) else ""

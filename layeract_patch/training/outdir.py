@@ -24,10 +24,15 @@ class OutputBusy(ValueError):
 
 
 def check_output_path(out: Path, flag: str = "--out") -> Path:
-    """ValueError when `out` exists and is not a folder (a file would fail only at the first write)."""
+    """ValueError when `out` exists and is not a folder, or cannot be written (a read-only folder or file
+    system): both would fail only at the first write."""
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise ValueError(f"{flag} {str(out)!r} is a file, not a folder; give a folder path for the results")
+    existing = next(folder for folder in (out, *out.absolute().parents) if folder.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == out else f" (its folder {str(existing)!r} is not writable)"
+        raise ValueError(f"{flag} {str(out)!r} cannot be written{where}; give a folder you can write to")
     return out
 
 
