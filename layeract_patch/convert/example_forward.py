@@ -90,17 +90,16 @@ class ExampleForward(TorchFunctionMode):
         return func(*args, **kwargs)
 
     def run(self, example_input: Any) -> None:
-        hidden = _hide_user_hooks(self.root)
-        handles = []
-        for module in self.root.modules():
-            handles.append(module.register_forward_pre_hook(self._pre))
-            handles.append(module.register_forward_hook(self._post, always_call=True))
         buffers = [(b, b.detach().clone()) for b in self.root.buffers()]
         args, kwargs = ((), example_input) if isinstance(example_input, dict) else (
             (tuple(example_input), {}) if isinstance(example_input, (tuple, list)) else ((example_input,), {}))
         cuda = sorted({t.device.index or 0 for t in (*args, *kwargs.values())
                        if isinstance(t, torch.Tensor) and t.is_cuda})
+        hidden, handles = _hide_user_hooks(self.root), []
         try:
+            for module in self.root.modules():
+                handles.append(module.register_forward_pre_hook(self._pre))
+                handles.append(module.register_forward_hook(self._post, always_call=True))
             # Not a training step: BatchNorm statistics and the RNG come back as they were.
             with torch.no_grad(), torch.random.fork_rng(devices=cuda), self:
                 self._read(unwrap(self.root)(*args, **kwargs))  # no DDP syncs, DataParallel threads or compiling
