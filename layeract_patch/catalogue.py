@@ -99,9 +99,9 @@ _RECORDS = (
     # GELU models convert to LA-GELU only, and ReLU/SiLU/hard-swish models to LA-SiLU/LA-HardSiLU only: a GELU
     # network asked to become LA-SiLU is more likely a mistake than a wish (a mapping can still say so).
     Activation("la_gelu", scale="gelu", family="gelu", aliases=("lagelu", "la-gelu"), layer_act=True,
-               module="layeract_patch.modules.LAGELU", converts=("gelu",)),
+               kernel_code=2, module="layeract_patch.modules.LAGELU", converts=("gelu",)),
     Activation("la_gelu_tanh", scale="gelu_tanh", family="gelu", aliases=("lagelutanh", "la-gelu-tanh"),
-               layer_act=True, module="layeract_patch.modules.LAGELU",
+               layer_act=True, kernel_code=3, module="layeract_patch.modules.LAGELU",
                options=(("approximate", "tanh"),), converts=("gelu",)),
 )
 

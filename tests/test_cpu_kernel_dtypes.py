@@ -3,13 +3,16 @@
 Half-precision results are compared with the formula evaluated in float64 on the same (rounded)
 inputs, with tolerances of a few units in the last place of the half-precision output.
 """
+import math
+from functools import partial
+
 import pytest
 import torch
 
-from layeract_patch import LASiLU, la_reference, layer_act, set_backend
+from layeract_patch import LAGELU, LAHardSiLU, LASiLU, la_reference, layer_act, set_backend
 from layeract_patch._kernels import cpu_kernel, torch_ops
+from layeract_patch.functional import KINDS  # silu, hardsilu, gelu, gelu_tanh
 
-KINDS = ("silu", "hardsilu")
 HALF = (torch.bfloat16, torch.float16)
 # relative tolerance: a few units of the output's last place (bfloat16 has 8 bits, float16 11)
 RTOL = {torch.bfloat16: 2e-2, torch.float16: 4e-3}
@@ -157,15 +160,16 @@ def test_half_precision_nan_spreads_over_its_sample(c_only, dtype):
     assert dx[0].isnan().all() and dx[1:].isfinite().all() and dweight.isnan().all()
 
 
+MODULES = {"silu": LASiLU, "hardsilu": LAHardSiLU, "gelu": LAGELU, "gelu_tanh": partial(LAGELU, approximate="tanh")}
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_bf16_autocast_training_step_stays_fused(c_only, kind):
     # CPU autocast hands LayerAct bfloat16 activations while the module's affine stays float32
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(3, 8, 3, padding=1)
-    act = LASiLU(affine=True, num_channels=8) if kind == "silu" else None
-    if act is None:
-        from layeract_patch import LAHardSiLU
-        act = LAHardSiLU(affine=True, num_channels=8)
+    act = MODULES[kind](affine=True, num_channels=8)
+    assert act.kind == kind
     with torch.no_grad():
         act.weight.add_(torch.randn(8) * 0.3)
         act.bias.add_(torch.randn(8) * 0.3)
@@ -194,9 +198,11 @@ def test_huge_inputs_give_finite_outputs_and_gradients(c_only, dtype, kind, magn
     x[1] += magnitude * 5  # a mean far from zero too
     out, grads = check(x, kind, affine=True)
     assert out.isfinite().all() and all(g.isfinite().all() for g in grads)
-    # the result is scale-free: LayerAct of c x is c times LayerAct of x
-    small = layer_act((x.double() / magnitude).to(dtype), kind, 1e-5, *params(4))
-    assert_close_scaled(out.double() / magnitude, small.double(), RTOL.get(dtype, 1e-4))
+    # the result is scale-free: LayerAct of c x is c times LayerAct of x (c a power of two, so that x / c is exact
+    # in every dtype: a rounding of its own would move n by a bfloat16 step, which GELU's slope makes visible)
+    c = 2.0 ** round(math.log2(magnitude))
+    small = layer_act((x.double() / c).to(dtype), kind, 1e-5, *params(4))
+    assert_close_scaled(out.double() / c, small.double(), RTOL.get(dtype, 1e-4))
 
 
 def test_float32_statistics_of_huge_inputs_match_float64(compiled):

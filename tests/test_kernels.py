@@ -8,12 +8,15 @@ import pytest
 import torch
 
 import layeract_patch
-from layeract_patch import LAHardSiLU, LASiLU, la_reference, layer_act, set_backend
+from layeract_patch import LAGELU, LAHardSiLU, LASiLU, la_reference, layer_act, set_backend
 from layeract_patch import _kernels
-from layeract_patch._kernels import cpu_kernel, torch_ops
+from layeract_patch._kernels import cpu_kernel, op, torch_ops
 from layeract_patch._kernels.layout import dense_layout
+from layeract_patch.functional import KINDS  # silu, hardsilu, gelu, gelu_tanh
 
-KINDS = ("silu", "hardsilu")
+
+def test_every_kind_has_a_fused_kernel():
+    assert set(op.FUSED_KINDS) == set(KINDS)
 
 
 @pytest.fixture
@@ -314,9 +317,11 @@ def test_triton_in_interpreter_chunked_samples(interpreted_triton, monkeypatch, 
     monkeypatch.setattr(interpreted_triton, "CHUNK_TILE", 32)
     monkeypatch.setattr(interpreted_triton, "MAX_K", 16)
     run_backend(interpreted_triton, torch.randn(1, 2, 6, 6) * 3, "silu", affine)
+    run_backend(interpreted_triton, torch.randn(1, 2, 5, 6) * 3 - 1, "gelu", affine)
     if affine:
         x = torch.randn(1, 3, 4, 5).contiguous(memory_format=torch.channels_last)
         run_backend(interpreted_triton, x, "hardsilu", affine)
+        run_backend(interpreted_triton, x, "gelu_tanh", affine)
 
 
 def test_triton_in_interpreter_bfloat16_keeps_dtype(interpreted_triton):
@@ -348,7 +353,8 @@ def test_triton_backend_on_a_cpu_tensor_falls_back_with_a_warning(fresh_dispatch
 def test_triton_in_interpreter_through_the_op(interpreted_triton, fresh_dispatch):
     set_backend("triton")
     assert layeract_patch.backend("cpu") == "triton"
-    for module in (LASiLU(affine=True, num_channels=3), LAHardSiLU()):
+    for module in (LASiLU(affine=True, num_channels=3), LAHardSiLU(), LAGELU(),
+                   LAGELU(affine=True, num_channels=3, approximate="tanh")):
         x = torch.randn(2, 3, 4, 4, requires_grad=True)
         out = module(x)
         ref = la_reference(x, module.kind, module.alpha, module.weight, module.bias)
@@ -366,7 +372,7 @@ def test_triton_in_interpreter_through_the_op(interpreted_triton, fresh_dispatch
 # ---------------------------------------------------------------- what a demanding user breaks
 
 @pytest.mark.parametrize("name", ["torch", "cpu"])
-@pytest.mark.parametrize("cls", [LASiLU, LAHardSiLU])
+@pytest.mark.parametrize("cls", [LASiLU, LAHardSiLU, LAGELU])
 def test_empty_batch_works_in_every_backend(name, cls, fresh_dispatch):
     set_backend(name)
     for module in (cls(), cls(affine=True, num_channels=3)):
@@ -425,7 +431,7 @@ def test_a_corrupt_cached_kernel_is_rebuilt_once(compiled, fresh_dispatch, monke
 
 
 @pytest.mark.parametrize("name", ["torch", "cpu"])
-@pytest.mark.parametrize("kind", ["silu", "hardsilu"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_sample_spanning_all_of_float32_stays_finite(name, kind, fresh_dispatch):
     # x - mean overflows float32 in the first rows; every backend runs them itself, with no fallback
     set_backend(name)

@@ -38,6 +38,8 @@
 
 #define SILU 0
 #define HARDSILU 1
+#define GELU 2              /* s = Phi(z), the standard normal CDF */
+#define GELU_TANH 3         /* s = Phi's tanh form, sigmoid(z (A + B z^2)) */
 #define F32 0
 #define BF16 1
 #define F16 2
@@ -191,6 +193,60 @@ INLINE float sigmoid(float z) {
     return 1.0f / (1.0f + exp_approx(clamp(-z, -80.0f, 80.0f)));
 }
 
+/* Phi(z) = erfc(-z / sqrt 2) / 2, with erfc from Numerical Recipes' Chebyshev fit (erfcc: relative error
+ * below 1.2e-7 for every argument, so also far into the lower tail, where 1 + erf would cancel). For a >= 0,
+ * erfc(a) = t exp(-a^2 + P(t)) with t = 1 / (1 + a / 2), and erfc(-a) = 2 - erfc(a). |z| is capped at 12
+ * (Phi(-12) = 2e-33) to keep exp's argument in its range; *ds = Phi'(z), the normal density. */
+INLINE float normal_cdf(float z, float *ds) {
+    float a = clamp(z < 0.0f ? -z : z, 0.0f, 12.0f) * 0.70710678118654752f;
+    float t = 1.0f / (1.0f + 0.5f * a);
+    float p = 0.17087277f;
+    p = p * t - 0.82215223f;
+    p = p * t + 1.48851587f;
+    p = p * t - 1.13520398f;
+    p = p * t + 0.27886807f;
+    p = p * t - 0.18628806f;
+    p = p * t + 0.09678418f;
+    p = p * t + 0.37409196f;
+    p = p * t + 1.00002368f;
+    p = p * t - 1.26551223f;
+    float half_erfc = 0.5f * t * exp_approx(p - a * a);
+    *ds = 0.39894228040143268f * exp_approx(-a * a);  /* exp(-z^2 / 2) / sqrt(2 pi), a = |z| / sqrt 2 */
+    return z < 0.0f ? half_erfc : 1.0f - half_erfc;
+}
+
+/* GELU's tanh form: (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3))) / 2 = sigmoid(z (A + B z^2)), A = 2 sqrt(2/pi),
+ * B = 0.044715 A, and ds/dz = s (1 - s) (A + 3 B z^2). Beyond |z| = 100, s is 0 or 1 and z^3 would overflow. */
+#define TANH_A 1.5957691216057308f
+#define TANH_B 0.071354816197f
+INLINE float tanh_cdf(float z, float *ds) {
+    z = clamp(z, -100.0f, 100.0f);
+    float z2 = z * z, s = sigmoid(z * (TANH_A + TANH_B * z2));
+    *ds = s * (1.0f - s) * (TANH_A + 3.0f * TANH_B * z2);
+    return s;
+}
+
+/* s'(z) as one value: every s' here is in [0, 1/2], but a product with factors above 1 (A + 3B z^2, exp's
+ * mantissa), and -fassociative-math lets the compiler multiply g x by such a factor first, which overflows
+ * for x near float32's limit. A clamp is no product, so g x s' stays one multiplication. (GCC's
+ * __builtin_assoc_barrier does not survive its vectoriser.) */
+INLINE float whole(float slope) { return clamp(slope, 0.0f, 1.0f); }
+
+/* s(z) and ds/dz of the smooth kinds (SiLU and both GELU forms); the compiler drops ds where it is unused. */
+INLINE float smooth_scale(float z, int kind, float *ds) {
+    if (kind == GELU) return normal_cdf(z, ds);
+    if (kind == GELU_TANH) return tanh_cdf(z, ds);
+    float s = sigmoid(z);
+    *ds = s * (1.0f - s);
+    return s;
+}
+
+/* s of any kind, from v = z (smooth kinds) or u = z / 6 + 1/2 (HardSiLU, see coef_for). */
+INLINE float scale_of(float v, int kind) {
+    float unused;
+    return kind == HARDSILU ? clamp(v, 0.0f, 1.0f) : smooth_scale(v, kind, &unused);
+}
+
 /* HardSiLU is computed from u = z / 6 + 1/2, whose coefficients fold into those of z:
  * s = clamp(u, 0, 1) and ds/dz = 1/6 where 0 < u < 1 (-3 < z < 3). */
 typedef struct { float a, c; } Coef;  /* z (or u) = a t + c */
@@ -308,7 +364,7 @@ INLINE void forward_span(const void *restrict x, void *restrict y, int64_t n, fl
     Coef k = coef_for(a, c, kind);
     for (int64_t i = 0; i < n; ++i) {
         float xv = ld(x, i, dt), v = (xv - mean) * k.a + k.c;
-        st(y, i, xv * (kind == SILU ? sigmoid(v) : clamp(v, 0.0f, 1.0f)), dt);
+        st(y, i, xv * scale_of(v, kind), dt);
     }
 }
 
@@ -317,7 +373,7 @@ INLINE void forward_span_interleaved(const void *restrict x, void *restrict y, i
                                      const float *restrict w, const float *restrict b, int kind, int dt) {
     for (int64_t i = 0; i < n; ++i) {
         float xv = ld(x, i, dt), z = (xv - mean) * rstd * w[i] + b[i];
-        st(y, i, xv * (kind == SILU ? sigmoid(z) : clamp(z * (1.0f / 6.0f) + 0.5f, 0.0f, 1.0f)), dt);
+        st(y, i, xv * scale_of(kind == HARDSILU ? z * (1.0f / 6.0f) + 0.5f : z, kind), dt);
     }
 }
 
@@ -344,13 +400,19 @@ INLINE void forward_range_of(const Layout *L, const void *x, void *y, int64_t lo
  * inlining: a kind known only at run time would make the hot loop compute both scale functions. */
 static void forward_range(const Layout *L, const void *x, void *y, int64_t lo, int64_t hi, float mean, float rstd,
                           int kind, int dt) {
+#define FORWARD(KIND, DT) forward_range_of(L, x, y, lo, hi, mean, rstd, KIND, DT)
     if (dt == BF16) {
-        if (kind == SILU) forward_range_of(L, x, y, lo, hi, mean, rstd, SILU, BF16);
-        else forward_range_of(L, x, y, lo, hi, mean, rstd, HARDSILU, BF16);
+        if (kind == SILU) FORWARD(SILU, BF16);
+        else if (kind == HARDSILU) FORWARD(HARDSILU, BF16);
+        else if (kind == GELU) FORWARD(GELU, BF16);
+        else FORWARD(GELU_TANH, BF16);
     } else {
-        if (kind == SILU) forward_range_of(L, x, y, lo, hi, mean, rstd, SILU, F32);
-        else forward_range_of(L, x, y, lo, hi, mean, rstd, HARDSILU, F32);
+        if (kind == SILU) FORWARD(SILU, F32);
+        else if (kind == HARDSILU) FORWARD(HARDSILU, F32);
+        else if (kind == GELU) FORWARD(GELU, F32);
+        else FORWARD(GELU_TANH, F32);
     }
+#undef FORWARD
 }
 
 /* Apply the activation to values [lo, hi) of sample r, in the tensors' own dtype. */
@@ -457,6 +519,12 @@ static void span_sums_in_double(const void *x, const void *g, int64_t n, float r
         if (kind == SILU) {
             double s = 1.0 / (1.0 + exp(-z));
             dz = ld(g, i, dt) * xv * s * (1.0 - s);
+        } else if (kind == GELU) {
+            dz = ld(g, i, dt) * xv * 0.39894228040143268 * exp(-0.5 * z * z);
+        } else if (kind == GELU_TANH) {
+            double zc = z < -100.0 ? -100.0 : z > 100.0 ? 100.0 : z;
+            double s = 1.0 / (1.0 + exp(-zc * (TANH_A + TANH_B * zc * zc)));
+            dz = ld(g, i, dt) * xv * s * (1.0 - s) * (TANH_A + 3.0 * TANH_B * zc * zc);
         } else {
             dz = z > -3.0 && z < 3.0 ? ld(g, i, dt) * xv / 6.0 : 0.0;
         }
@@ -473,14 +541,15 @@ static void span_sums_in_double(const void *x, const void *g, int64_t n, float r
 INLINE void backward_span(const void *restrict x, const void *restrict g, float *restrict t, int64_t n, float rstd,
                           float mean, float w, float b, int kind, int dt, float *dz_sum, float *dzn_sum) {
     Coef k = coef_for(rstd * w, b, kind);
-    float slope = kind == SILU ? 1.0f : 1.0f / 6.0f, a1 = 0.0f, a2 = 0.0f;
+    float slope = kind == HARDSILU ? 1.0f / 6.0f : 1.0f, a1 = 0.0f, a2 = 0.0f;
     float rws = rstd * w * slope;
     for (int64_t i = 0; i < n; ++i) {
         float xv = ld(x, i, dt), gv = ld(g, i, dt);
         float d = xv - mean, gx = gv * xv, v = d * k.a + k.c, s, dz;
-        if (kind == SILU) {
-            s = sigmoid(v);
-            dz = gx * (s * (1.0f - s));
+        if (kind != HARDSILU) {
+            float ds;
+            s = smooth_scale(v, kind, &ds);
+            dz = gx * whole(ds);
         } else {
             int below = v <= 0.0f, above = v >= 1.0f;
             dz = below || above ? 0.0f : gx;   /* times 1/6, applied through rws and the sums */
@@ -495,11 +564,11 @@ INLINE void backward_span(const void *restrict x, const void *restrict g, float 
     if (!finite_bits(a2) || !finite_bits(a1)) span_sums_in_double(x, g, n, rstd, mean, w, b, kind, dt, dz_sum, dzn_sum);
 }
 
-/* s(z) and dz = g x s'(z) for the kind; v is z (SiLU) or u (HardSiLU, see coef_for). */
+/* s(z) and dz = g x s'(z) for the kind; v is z (smooth kinds) or u (HardSiLU, see coef_for). */
 INLINE float scale_and_grad(float v, float gx, int kind, float *dz) {
-    if (kind == SILU) {
-        float s = sigmoid(v);
-        *dz = gx * (s * (1.0f - s));
+    if (kind != HARDSILU) {
+        float ds, s = smooth_scale(v, kind, &ds);
+        *dz = gx * whole(ds);
         return s;
     }
     int below = v <= 0.0f, above = v >= 1.0f;
@@ -513,7 +582,7 @@ INLINE void backward_span_interleaved(const void *restrict x, const void *restri
     float a1 = 0.0f, a2 = 0.0f;
     for (int64_t i = 0; i < n; ++i) {
         float xv = ld(x, i, dt), gv = ld(g, i, dt), nv = (xv - mean) * rstd, z = nv * w[i] + b[i];
-        float dz, s = scale_and_grad(kind == SILU ? z : z * (1.0f / 6.0f) + 0.5f, gv * xv, kind, &dz);
+        float dz, s = scale_and_grad(kind == HARDSILU ? z * (1.0f / 6.0f) + 0.5f : z, gv * xv, kind, &dz);
         float dn = dz * w[i];
         a1 += dn;
         a2 += dn * nv;
@@ -569,12 +638,18 @@ INLINE RowSums backward_pass1_of(const Layout *L, const void *x, const void *g, 
 /* kind and dt made constants (see forward_range). */
 static RowSums backward_pass1_kind(const Layout *L, const void *x, const void *g, float *t, int64_t lo, int64_t hi,
                                    float mean, float rstd, int kind, int dt, ChannelSums *cs) {
+#define PASS1(KIND, DT) backward_pass1_of(L, x, g, t, lo, hi, mean, rstd, KIND, DT, cs)
     if (dt == BF16) {
-        if (kind == SILU) return backward_pass1_of(L, x, g, t, lo, hi, mean, rstd, SILU, BF16, cs);
-        return backward_pass1_of(L, x, g, t, lo, hi, mean, rstd, HARDSILU, BF16, cs);
+        if (kind == SILU) return PASS1(SILU, BF16);
+        if (kind == HARDSILU) return PASS1(HARDSILU, BF16);
+        if (kind == GELU) return PASS1(GELU, BF16);
+        return PASS1(GELU_TANH, BF16);
     }
-    if (kind == SILU) return backward_pass1_of(L, x, g, t, lo, hi, mean, rstd, SILU, F32, cs);
-    return backward_pass1_of(L, x, g, t, lo, hi, mean, rstd, HARDSILU, F32, cs);
+    if (kind == SILU) return PASS1(SILU, F32);
+    if (kind == HARDSILU) return PASS1(HARDSILU, F32);
+    if (kind == GELU) return PASS1(GELU, F32);
+    return PASS1(GELU_TANH, F32);
+#undef PASS1
 }
 
 /* Pass 1 over values [lo, hi) of sample r; t receives the float t of those values. */

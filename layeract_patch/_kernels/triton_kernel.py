@@ -73,11 +73,40 @@ def _affine(W, B, r, k, R, K, RPC, AFFINE: tl.constexpr):
 
 
 @triton.jit
+def _normal_cdf(z):
+    """Phi(z) = erfc(-z / sqrt 2) / 2 and the normal density, as the C kernel computes them: Numerical Recipes'
+    erfc fit (relative error < 1.2e-7, so no 1 + erf cancellation in the lower tail), |z| capped at 12."""
+    a = tl.minimum(tl.abs(z), 12.0, propagate_nan=tl.PropagateNan.ALL) * 0.7071067811865476  # NaN stays NaN
+    t = 1.0 / (1.0 + 0.5 * a)
+    p = 0.17087277
+    p = p * t - 0.82215223
+    p = p * t + 1.48851587
+    p = p * t - 1.13520398
+    p = p * t + 0.27886807
+    p = p * t - 0.18628806
+    p = p * t + 0.09678418
+    p = p * t + 0.37409196
+    p = p * t + 1.00002368
+    p = p * t - 1.26551223
+    half_erfc = 0.5 * t * tl.exp(p - a * a)
+    s = tl.where(z < 0.0, half_erfc, 1.0 - half_erfc)
+    return s, tl.exp(-a * a) * 0.3989422804014327
+
+
+@triton.jit
 def _scale(z, KIND: tl.constexpr):
-    """s(z) and ds/dz: sigmoid (KIND 0) or hard sigmoid (KIND 1)."""
+    """s(z) and ds/dz: sigmoid (KIND 0), hard sigmoid (1), the normal CDF Phi (2) or its tanh form (3)."""
     if KIND == 0:
         s = tl.sigmoid(z)
         ds = s * (1.0 - s)
+    elif KIND == 2:
+        s, ds = _normal_cdf(z)
+    elif KIND == 3:
+        # sigmoid(z (A + B z^2)) = (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3))) / 2; clamped where z^3 would overflow
+        nan = tl.PropagateNan.ALL
+        zc = tl.minimum(tl.maximum(z, -100.0, propagate_nan=nan), 100.0, propagate_nan=nan)
+        s = tl.sigmoid(zc * (1.5957691216057308 + 0.071354816197 * zc * zc))
+        ds = s * (1.0 - s) * (1.5957691216057308 + 3.0 * 0.071354816197 * zc * zc)
     else:
         u = z * (1.0 / 6.0) + 0.5  # NaN (a sample holding NaN or inf) stays NaN, as in the formula
         s = tl.minimum(tl.maximum(u, 0.0, propagate_nan=tl.PropagateNan.ALL), 1.0, propagate_nan=tl.PropagateNan.ALL)
