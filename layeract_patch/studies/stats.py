@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 __all__ = ["mean", "sample_std", "betainc", "t_cdf", "t_two_sided_p", "t_quantile", "confidence_interval",
-           "Welch", "welch_test"]
+           "Welch", "welch_test", "paired_t_test"]
 
 _TINY = 1e-300
 
@@ -124,3 +124,15 @@ def welch_test(a: Sequence[float], b: Sequence[float]) -> Optional[Welch]:
     t = difference / math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))
     return Welch(difference, t, df, t_two_sided_p(t, df))
+
+
+def paired_t_test(differences: Sequence[float]) -> Optional[float]:
+    """Two-sided p of the paired t-test that the mean of per-pair differences is 0 (pairs: the same seed under
+    two treatments); None with fewer than 2 pairs. Differences with no spread give p 1 (all 0) or 0."""
+    n = len(differences)
+    if n < 2:
+        return None
+    spread = sample_std(differences)
+    if spread == 0.0:
+        return 1.0 if mean(differences) == 0 else 0.0
+    return t_two_sided_p(mean(differences) / (spread / math.sqrt(n)), n - 1)
