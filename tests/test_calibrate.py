@@ -132,3 +132,39 @@ def test_calibrate_with_a_plain_target_names_the_affine_one():
     # affine=True is the other spelling of the same target, and works
     model, report = convert_activations(net, to="la_silu", affine=True, calibrate=images[:32], return_report=True)
     assert len(report.calibration) == 4
+
+
+def test_the_calibration_benchmark_runs_end_to_end(tmp_path):
+    """benchmarks/bench_calibration.py at a tiny size: a saved CIFAR model, an ImageFolder made here, two rows."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    import timm
+    from PIL import Image
+
+    import layeract_patch.models  # noqa: F401  (registers cifar_resnet20 with timm)
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for label in range(10):
+            folder = tmp_path / "data" / split / f"class_{label}"
+            folder.mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    torch.manual_seed(0)
+    torch.save(timm.create_model("cifar_resnet20", act="relu", num_classes=10).state_dict(), tmp_path / "model.pt")
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        [sys.executable, "benchmarks/bench_calibration.py", "--weights", str(tmp_path / "model.pt"), "--act", "relu",
+         "--data-dir", str(tmp_path / "data"), "--samples", "8", "--variants", "0", "1", "--json",
+         str(tmp_path / "rows.json")], cwd=root, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root)),
+        capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["original", "plain swap (la_silu)", "closed form", "+ gain search"]
+    assert all(0 <= r["top1"] <= 100 for r in rows) and rows[2]["seconds_median"] > 0
+    assert "CPU" in run.stdout and "wall" in run.stdout
