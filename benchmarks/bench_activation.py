@@ -1,17 +1,18 @@
-"""LayerAct forward+backward cost beside nn.SiLU (and nn.Hardswish), measured in one process.
+"""LayerAct forward+backward cost beside nn.SiLU (and nn.Hardswish, nn.GELU), measured in one process.
 
     python benchmarks/bench_activation.py                       # issue 12's figures: fp32 and bf16, 1 and 2 threads
     python benchmarks/bench_activation.py --shapes 8x16x32x32 --budget 2 --kinds silu --dtypes fp32 --threads 1
     python benchmarks/bench_activation.py --compare --dtypes fp32 --threads 1   # also the eager and plain-formula paths
     python benchmarks/bench_activation.py --kernels-alone --kinds hardsilu --dtypes fp32   # also without autograd
+    python benchmarks/bench_activation.py --kinds gelu,gelu_tanh      # issue 25: LA-GELU beside nn.GELU
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_activation.py --cpu-clock --threads 1   # on a shared machine
 
 For each activation kind, dtype, thread count and shape it prints one line: the time of one
 forward+backward of LayerAct's fused 'cpu' kernel as a multiple of the plain activation's
-(nn.SiLU / nn.Hardswish on the same tensor), the median over --repeats repetitions of an
-interleaved measurement and the range of those repetitions, and the verdict against issue 12's
-fp32 target (at most 1.3x at its four shapes). It then prints the bytes autograd keeps for
-backward as a multiple of the input's bytes, per dtype.
+(nn.SiLU / nn.Hardswish / nn.GELU on the same tensor), the median over --repeats repetitions of an
+interleaved measurement and the range of those repetitions, and the verdict against the target
+(at most 1.3x at the four shapes: issue 12's in fp32, issue 25's for LA-GELU in fp32 and bf16). It
+then prints the bytes autograd keeps for backward as a multiple of the input's bytes, per dtype.
 
 --kernels-alone adds a line per case for the kernels called directly, without autograd and without
 LayerAct's Python layers: the 'cpu' backend's forward and backward against aten's element-wise
@@ -23,6 +24,7 @@ import argparse
 import os
 import sys
 import time
+from functools import partial
 from typing import Callable, Dict, List, Tuple
 
 import torch
@@ -34,18 +36,24 @@ from timing import machine, pin_heap, repeated_ratios, rounds_for, saved_bytes
 import layeract_patch
 from layeract_patch import la_reference, layer_act, set_backend
 from layeract_patch._kernels import cpu_kernel
-from layeract_patch.functional import DEFAULT_ALPHA
+from layeract_patch.functional import DEFAULT_ALPHA, SCALES
 
 DEFAULT_SHAPES = "128x16x32x32,128x32x16x16,128x64x8x8,16x256x56x56"
 TARGET_SHAPES = {(128, 16, 32, 32), (128, 32, 16, 16), (128, 64, 8, 8), (16, 256, 56, 56)}
-TARGET = {"fp32": 1.3}  # issue 12: fp32 fwd+bwd at most 1.3x the element-wise activation (stretch 1.2x)
+# fwd+bwd at most 1.3x the element-wise activation: issue 12 in fp32 (stretch 1.2x), issue 25 (LA-GELU) fp32 and bf16
+TARGET = {"silu": {"fp32": 1.3}, "hardsilu": {"fp32": 1.3}, "gelu": {"fp32": 1.3, "bf16": 1.3},
+          "gelu_tanh": {"fp32": 1.3, "bf16": 1.3}}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-BASELINE = {"silu": ("nn.SiLU", nn.SiLU), "hardsilu": ("nn.Hardswish", nn.Hardswish)}
-LABEL = {"silu": "LA-SiLU", "hardsilu": "LA-HardSiLU"}
-SCALE = {"silu": torch.sigmoid, "hardsilu": F.hardsigmoid}
+BASELINE = {"silu": ("nn.SiLU", nn.SiLU), "hardsilu": ("nn.Hardswish", nn.Hardswish), "gelu": ("nn.GELU", nn.GELU),
+            "gelu_tanh": ("nn.GELU(tanh)", partial(nn.GELU, approximate="tanh"))}
+LABEL = {"silu": "LA-SiLU", "hardsilu": "LA-HardSiLU", "gelu": "LA-GELU", "gelu_tanh": "LA-GELU(tanh)"}
+SCALE = {kind: SCALES[kind].value for kind in BASELINE}
 FUSED = "LayerAct, 'cpu' kernel"
 ATEN_PAIR = {"silu": (torch.ops.aten.silu, torch.ops.aten.silu_backward),
-             "hardsilu": (torch.ops.aten.hardswish, torch.ops.aten.hardswish_backward)}
+             "hardsilu": (torch.ops.aten.hardswish, torch.ops.aten.hardswish_backward),
+             "gelu": (torch.ops.aten.gelu, torch.ops.aten.gelu_backward),
+             "gelu_tanh": (partial(torch.ops.aten.gelu, approximate="tanh"),
+                           partial(torch.ops.aten.gelu_backward, approximate="tanh"))}
 
 
 def with_backend(name: str, kind: str) -> Callable[[Tensor], Tensor]:
@@ -126,6 +134,13 @@ def kernels_alone(kind: str, x: Tensor, budget: float, repeats: int,
     return result["fused"][:3] + (result["aten"][3],)
 
 
+def _op_name(op) -> str:
+    """aten gelu, or gelu(approximate='tanh') for a partial of it."""
+    if isinstance(op, partial):
+        return f"{op.func.__name__}({', '.join(f'{k}={v!r}' for k, v in op.keywords.items())})"
+    return op.__name__
+
+
 def saved_line(kind: str, dtype_name: str, shape: Tuple[int, ...]) -> str:
     x = make_input(shape, DTYPES[dtype_name], False)
     set_backend("cpu")
@@ -139,7 +154,8 @@ def saved_line(kind: str, dtype_name: str, shape: Tuple[int, ...]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated NxCxHxW list (default: %(default)s)")
-    parser.add_argument("--kinds", default="silu,hardsilu", help="silu, hardsilu or both (default: %(default)s)")
+    parser.add_argument("--kinds", default="silu,hardsilu",
+                        help=f"comma-separated, among {', '.join(BASELINE)} (default: %(default)s)")
     parser.add_argument("--dtypes", default="fp32,bf16", help=f"among {sorted(DTYPES)} (default: %(default)s)")
     parser.add_argument("--threads", default="1,2", help="torch thread counts to measure (default: %(default)s)")
     parser.add_argument("--budget", type=float, default=6.0, help="seconds of timing per line")
@@ -193,7 +209,7 @@ def main(argv=None) -> int:
                     for name, (ratio, lo, hi, seconds) in result.items():
                         if name == base_name:
                             continue
-                        target = TARGET.get(dtype_name) if name == FUSED and shape in TARGET_SHAPES else None
+                        target = TARGET[kind].get(dtype_name) if name == FUSED and shape in TARGET_SHAPES else None
                         verdict = f"; target <= {target}x: {'met' if ratio <= target else 'NOT met'}" if target else ""
                         who = LABEL[kind] if name == FUSED else f"{LABEL[kind]} ({name})"
                         print(f"{dtype_name} {count} thread{'s' if count > 1 else ''} {who} {'x'.join(map(str, shape))}: "
@@ -201,7 +217,7 @@ def main(argv=None) -> int:
                               f"{result[base_name][3] * 1e3:.2f} ms){verdict}", flush=True)
                     if args.kernels_alone:
                         ratio, lo, hi, seconds = kernels_alone(kind, x, args.budget, args.repeats, clock)
-                        aten_name = "+".join(op.__name__ for op in ATEN_PAIR[kind])
+                        aten_name = "+".join(_op_name(op) for op in ATEN_PAIR[kind])
                         print(f"{dtype_name} {count} thread{'s' if count > 1 else ''} {LABEL[kind]} "
                               f"{'x'.join(map(str, shape))}, kernels alone (no autograd): {ratio:.3f}x aten "
                               f"{aten_name} (range {lo:.3f}-{hi:.3f}; aten {seconds * 1e3:.3f} ms)", flush=True)

@@ -317,3 +317,21 @@ def test_the_zoo_script_prints_a_row_per_model_and_fails_on_any_failure(capsys):
     assert rows[0].startswith("| vit_tiny_patch16_224 | 224 | GELU 12 | LAGELU 12 | 12 | - | 0 kept | yes | yes |")
     assert rows[1].startswith("| no_such_model | | FAILED: RuntimeError: Unknown model")
     assert "1 of 2 models converted" in out and "failed: no_such_model" in out
+
+
+def test_the_activation_benchmark_times_la_gelu_beside_nn_gelu(capsys, monkeypatch):
+    from pathlib import Path
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))  # the script imports its sibling timing.py
+    import bench_activation
+
+    assert bench_activation.main(["--shapes", "2x4x6x6", "--budget", "0.02", "--threads", "1", "--repeats", "1",
+                                  "--dtypes", "fp32,bf16", "--kinds", "gelu,gelu_tanh", "--kernels-alone",
+                                  "--default-heap"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum("LA-GELU 2x4x6x6: " in line and "x nn.GELU (range " in line for line in lines) == 2
+    assert sum("LA-GELU(tanh) 2x4x6x6: " in line and "x nn.GELU(tanh) (range " in line for line in lines) == 2
+    assert sum("x aten gelu(approximate='tanh')+gelu_backward(approximate='tanh') (range " in line
+               for line in lines) == 2
+    assert sum("saved for backward" in line for line in lines) == 4
