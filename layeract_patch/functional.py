@@ -170,7 +170,11 @@ def layer_stats(y: Tensor, start_dim: int, alpha: float) -> Tuple[Tensor, Tensor
     m = y.detach().abs().amax(dims, keepdim=True)
     m = torch.where(m > 1, m, torch.ones_like(m))  # NaN and small samples are not scaled
     var, mean = torch.var_mean(y / m, dims, correction=0, keepdim=True)
-    rstd = torch.rsqrt(var + alpha / (m * m)) / m
+    # alpha / m^2 underflows to 0 for |y| past ~1e16 in float32, which made a constant large sample 0 * inf = NaN.
+    # The floor sqrt(tiny) (1e-19 in float32) keeps rstd and its derivative (eps^-1.5) finite there, and lies far
+    # below the variance of any non-constant sample of y / m (at least ~1e-14 in float32).
+    eps = (alpha / m / m).clamp_min(torch.finfo(var.dtype).tiny ** 0.5)
+    rstd = torch.rsqrt(var + eps) / m
     return mean * m, rstd
 
 

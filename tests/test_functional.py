@@ -302,3 +302,19 @@ def test_a_new_variant_is_one_scale_entry_and_a_module_naming_it(monkeypatch):
     x32 = torch.randn(2, 4, 3, 3)
     torch.testing.assert_close(layer_act(x32, "arctan"), la_reference(x32, "arctan"))
     assert "arctan" in functional.layer_act_kinds() and "relu" not in functional.layer_act_kinds()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("value", [1e17, 1e20, 3e38])
+def test_the_reference_is_finite_for_large_constant_samples(dtype, value):
+    """A constant sample of huge values (a saturated map) gives a = 0 * ... = 0, not 0 * inf = NaN, in the plain
+    formula too (which jit.trace, ONNX export, torch.func and create_graph backward run)."""
+    if value > torch.finfo(dtype).max:
+        pytest.skip("not representable")
+    x = torch.full((2, 3, 4), value, dtype=dtype, requires_grad=True)
+    out = la_reference(x, "silu")
+    assert torch.isfinite(out).all()
+    assert torch.equal(out, x.detach() / 2)  # n = 0 for a constant sample: a = y * s(0)
+    if value < 1e30:  # near float32's limit the exact slope itself (y * rstd) overflows in the backward's products
+        (grad,) = torch.autograd.grad(out.sum(), x)
+        assert torch.isfinite(grad).all()
