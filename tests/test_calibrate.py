@@ -52,7 +52,8 @@ def snapshot(model: nn.Module):
 # already near its LayerAct (errors ~1e-3 a site) and what is left is the spread of per-sample statistics, which
 # per-channel parameters cannot follow; ReLU's step is matched almost exactly by a steep gate.
 @pytest.mark.parametrize("act,to,factor", [(nn.SiLU, "la_silu_affine", 0.5), (nn.ReLU, "la_silu_affine", 0.01),
-                                           (nn.Hardswish, "la_hardsilu_affine", 0.6)])
+                                           (nn.Hardswish, "la_hardsilu_affine", 0.6),
+                                           (nn.GELU, "la_gelu_affine", 0.6)])
 def test_calibration_fits_every_site_and_writes_nothing_else(act, to, factor):
     net, images = trained(act)
     net.train()  # the user's mode, which calibration must give back
