@@ -38,8 +38,8 @@ def test_bad_depth(depth):
 
 
 def test_unknown_act_and_norm():
-    with pytest.raises(ValueError, match="unknown activation 'gelu'.*la_silu"):
-        cifar_resnet(20, act="gelu")
+    with pytest.raises(ValueError, match="unknown activation 'mish'.*la_silu.*la_gelu"):
+        cifar_resnet(20, act="mish")
     with pytest.raises(ValueError, match="unknown norm 'gn'.*bn, ln, none"):
         layeract_cnn(norm="gn")
 

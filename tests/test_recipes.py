@@ -141,7 +141,7 @@ def test_resume_of_a_finished_run_and_its_guards(folder, tmp_path, capsys, monke
 
 @pytest.mark.parametrize("flags, message", [
     (["--data-dir", "{tmp}/missing", "--no-download"], "data dir '{tmp}/missing' does not exist"),
-    (["--act", "gelu"], "unknown activation 'gelu'"),
+    (["--act", "mish"], "unknown activation 'mish'"),
     (["--depth", "21"], "--depth must be 6n+2"),
     (["--norm", "batch"], "unknown norm 'batch'"),
     (["--seeds", "1", "1"], "--seeds must be distinct"),

@@ -213,7 +213,7 @@ def test_presets_and_selection():
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--preset", "cpu", "--acts", "gelu"], "unknown activation 'gelu'"),
+    (["--preset", "cpu", "--acts", "mish"], "unknown activation 'mish'"),
     (["--preset", "smoke", "--norms", "batch"], "unknown norm 'batch'"),
     (["--preset", "smoke", "--data-dir", "{tmp}/missing", "--out", "{tmp}/o"], "data dir '{tmp}/missing' does not"),
     (["--report-only", "--out", "{tmp}/nothing"], "--report-only needs --out"),
