@@ -1,10 +1,11 @@
-"""LayerAct's Triton kernels beside SiLU on a GPU: agreement, time ratios and achieved bandwidth.
+"""LayerAct's Triton kernels beside SiLU (Hardswish, GELU) on a GPU: agreement, time ratios and achieved bandwidth.
 
     python benchmarks/bench_cuda.py                                    # bf16, CIFAR and ImageNet shapes
     python benchmarks/bench_cuda.py --dtype float32 --shapes 64x256x56x56
     TRITON_INTERPRET=1 python benchmarks/bench_cuda.py --device cpu --shapes 2x4x8x8 --rounds 2   # dry run
 
-First every path (plain, affine, channels_last; SiLU and HardSiLU) is checked against the float64
+First every path (plain, affine, channels_last; every kind: SiLU, HardSiLU, GELU and its tanh form) is
+checked against the float64
 formula on two samples of each shape. Then, per shape and kind, one forward+backward is timed:
   kernels   the kernels alone, captured in a CUDA graph (F.silu + silu_backward vs LayerAct's
             forward + backward), as a ratio, with achieved GB/s counting the bytes a fused
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from typing import Callable, Dict, Tuple
 
 import torch
@@ -24,20 +26,24 @@ from torch import nn
 
 from timing import interleaved_medians
 
-from layeract_patch import LAHardSiLU, LASiLU, la_reference
+from layeract_patch import LAGELU, LAHardSiLU, LASiLU, la_reference
 from layeract_patch._kernels import triton_kernel
+from layeract_patch.functional import KINDS
 
 DEFAULT_SHAPES = "128x16x32x32,128x32x16x16,128x64x8x8,64x256x56x56,64x64x112x112"
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-BASE_OPS = {"silu": (F.silu, torch.ops.aten.silu_backward), "hardsilu": (F.hardswish, torch.ops.aten.hardswish_backward)}
-MODULES = {"silu": (nn.SiLU, LASiLU), "hardsilu": (nn.Hardswish, LAHardSiLU)}
+BASE_OPS = {"silu": (F.silu, torch.ops.aten.silu_backward), "hardsilu": (F.hardswish, torch.ops.aten.hardswish_backward),
+            "gelu": (F.gelu, torch.ops.aten.gelu_backward),
+            "gelu_tanh": (partial(F.gelu, approximate="tanh"), partial(torch.ops.aten.gelu_backward, approximate="tanh"))}
+MODULES = {"silu": (nn.SiLU, LASiLU), "hardsilu": (nn.Hardswish, LAHardSiLU), "gelu": (nn.GELU, LAGELU),
+           "gelu_tanh": (partial(nn.GELU, approximate="tanh"), partial(LAGELU, approximate="tanh"))}
 
 
 def check_agreement(shape: Tuple[int, ...], device: torch.device) -> float:
     """Largest error of the Triton kernels (float32) against the float64 formula, relative to each output's scale."""
     worst = 0.0
     gen = torch.Generator(device="cpu").manual_seed(0)
-    for kind in ("silu", "hardsilu"):
+    for kind in KINDS:
         for affine, channels_last in ((False, False), (True, False), (True, True)):
             x = (torch.randn((min(shape[0], 2),) + shape[1:], generator=gen) * 2 + 0.3).to(device)
             if channels_last:
@@ -125,6 +131,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated NxCxHxW (default: %(default)s)")
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    parser.add_argument("--kinds", default="silu,hardsilu", help=f"timed kinds, among {', '.join(KINDS)} "
+                                                                  f"(default: %(default)s; all are checked)")
     parser.add_argument("--device", default="cuda", help="cuda, or cpu for a dry run with TRITON_INTERPRET=1")
     parser.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
     parser.add_argument("--iters", type=int, default=10, help="forward+backward pairs per timed replay")
@@ -139,6 +147,8 @@ def main(argv=None) -> int:
         if not triton_kernel.available(device):
             raise ValueError(f"the Triton kernels cannot run on {device} here (need a CUDA GPU, or "
                              f"--device cpu with TRITON_INTERPRET=1 set)")
+        if not args.kinds or any(kind not in BASE_OPS for kind in args.kinds.split(",")):
+            raise ValueError(f"--kinds takes a comma-separated list among {', '.join(BASE_OPS)}, got {args.kinds!r}")
         if args.rounds < 1 or args.iters < 1:
             raise ValueError("--rounds and --iters must be >= 1")
         for flag, value in (("--fused-max", args.fused_max), ("--chunk-tile", args.chunk_tile)):
@@ -149,7 +159,7 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (Triton interpreter: a dry run)"
-    print(f"# LayerAct Triton kernels vs SiLU/Hardswish on {name}, torch {torch.__version__}, "
+    print(f"# LayerAct Triton kernels vs SiLU/Hardswish/GELU on {name}, torch {torch.__version__}, "
           f"FUSED_MAX={args.fused_max}, CHUNK_TILE={args.chunk_tile}\n")
     failed = False
     print("| shape | agreement with float64 formula (float32, max error / scale) |\n|---|---|")
@@ -162,7 +172,7 @@ def main(argv=None) -> int:
     print("| shape | kind | base kernels | LayerAct kernels | ratio | LayerAct GB/s | base GB/s | autograd ratio |")
     print("|---|---|---|---|---|---|---|---|")
     for shape in shapes:
-        for kind in ("silu", "hardsilu"):
+        for kind in args.kinds.split(","):
             r = time_shape(shape, kind, DTYPES[args.dtype], device, args.rounds, args.iters)
             print(f"| {'x'.join(map(str, shape))} | {kind} | {r['base_us']:.1f} us | {r['la_us']:.1f} us | "
                   f"{r['ratio']:.2f}x | {r['la_gbs']:.0f} | {r['base_gbs']:.0f} | {r['autograd_ratio']:.2f}x |",
