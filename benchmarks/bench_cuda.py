@@ -34,7 +34,8 @@ DEFAULT_SHAPES = "128x16x32x32,128x32x16x16,128x64x8x8,64x256x56x56,64x64x112x11
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 BASE_OPS = {"silu": (F.silu, torch.ops.aten.silu_backward), "hardsilu": (F.hardswish, torch.ops.aten.hardswish_backward),
             "gelu": (F.gelu, torch.ops.aten.gelu_backward),
-            "gelu_tanh": (partial(F.gelu, approximate="tanh"), partial(torch.ops.aten.gelu_backward, approximate="tanh"))}
+            "gelu_tanh": (partial(F.gelu, approximate="tanh"),
+                          partial(torch.ops.aten.gelu_backward, approximate="tanh"))}
 MODULES = {"silu": (nn.SiLU, LASiLU), "hardsilu": (nn.Hardswish, LAHardSiLU), "gelu": (nn.GELU, LAGELU),
            "gelu_tanh": (partial(nn.GELU, approximate="tanh"), partial(LAGELU, approximate="tanh"))}
 

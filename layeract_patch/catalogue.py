@@ -37,8 +37,8 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 
 __all__ = ["Activation", "CATALOGUE", "GATES", "lookup", "layer_act_names", "element_of", "resolve",
            "replaced_types", "gate_types", "functional_sources", "layer_act_for", "kernel_code",
-           "OTHER_ACTIVATIONS", "NO_LAYER_ACT_FORM", "no_layer_act_form", "activation_types", "converted_families", "form_options",
-           "records_of_module"]
+           "OTHER_ACTIVATIONS", "NO_LAYER_ACT_FORM", "no_layer_act_form", "activation_types", "converted_families",
+           "form_options", "records_of_module"]
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class Activation:
 
     @property
     def kind(self) -> str:
-        """The scale kind passed to `functional.layer_act` ("silu", "hardsilu")."""
+        """The scale kind passed to `functional.layer_act` ("silu", "hardsilu", "gelu", "gelu_tanh")."""
         return self.scale
 
     def module_class(self) -> Any:
@@ -116,7 +116,7 @@ GATES = ("torch.nn.modules.activation.Sigmoid", "torch.nn.modules.activation.Har
          "timm.layers.activations_me.HardSigmoidMe")
 
 # Other pointwise activations. No LayerAct family is theirs, so nothing converts them by default, but a
-# `convert_activations(to={nn.GELU: "la_silu"})` mapping may name them; what is in none of these lists
+# `convert_activations(to={nn.ELU: "la_silu"})` mapping may name them; what is in none of these lists
 # (a conv, a container, nn.Module itself) is not an activation and is refused as a source type.
 OTHER_ACTIVATIONS = tuple(f"torch.nn.modules.activation.{name}" for name in (
     "CELU", "ELU", "GLU", "Hardshrink", "Hardtanh", "LeakyReLU", "LogSigmoid", "Mish", "PReLU", "RReLU",
@@ -168,7 +168,7 @@ def layer_act_names() -> Tuple[str, ...]:
 
 
 def kernel_code(kind: str) -> int:
-    """The integer the fused kernels switch on for a LayerAct scale kind ("silu" -> 0, "hardsilu" -> 1)."""
+    """The integer the fused kernels switch on for a LayerAct scale kind (silu 0, hardsilu 1, gelu 2, gelu_tanh 3)."""
     return _KERNEL_CODES[kind]
 
 

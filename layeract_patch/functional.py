@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["la_silu", "la_hardsilu", "la_gelu", "layer_act", "la_reference", "layer_stats", "normalized", "SCALES", "KINDS",
-           "DEFAULT_ALPHA", "LOW_PRECISION"]
+__all__ = ["la_silu", "la_hardsilu", "la_gelu", "layer_act", "la_reference", "layer_stats", "normalized", "SCALES",
+           "KINDS", "DEFAULT_ALPHA", "LOW_PRECISION"]
 
 DEFAULT_ALPHA = 1e-5
 # Half-precision inputs get float32 statistics and arithmetic everywhere (reference, kernels, monitor).
