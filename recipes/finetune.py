@@ -68,6 +68,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--crop-pct", type=float, default=d["crop_pct"],
                         help="eval centre-crop fraction; default: the model's own")
     parser.add_argument("--min-scale", type=float, default=d["min_scale"], help="smallest random-resized-crop area")
+    parser.add_argument("--augment", choices=("imagenet", "cifar"), default=d["augment"],
+                        help="imagenet: the model's own training transform (random resized crop, flip, timm's colour "
+                             "jitter); cifar: pad-4 random crop and flip, as the CIFAR recipes train")
     parser.add_argument("--opt", choices=sorted(OPTIMIZERS), default=d["opt"], help="optimizer")
     parser.add_argument("--lr", type=float, default=d["lr"], help="default: 1e-4 for adamw, 1e-2 for sgd")
     parser.add_argument("--weight-decay", type=float, default=d["weight_decay"],

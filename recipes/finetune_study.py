@@ -30,7 +30,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opt", default="adamw")
     parser.add_argument("--lr", type=float, default=None, help="default: the fine-tuning recipe's for --opt")
     parser.add_argument("--smoothing", type=float, default=0.0, help="label smoothing (the sources trained without)")
-    parser.add_argument("--min-scale", type=float, default=0.5, help="smallest random-resized-crop area")
+    parser.add_argument("--augment", choices=("cifar", "imagenet"), default="cifar",
+                        help="fine-tuning augmentation (cifar: pad-4 crop and flip, as the sources were trained)")
     parser.add_argument("--workers", type=int, default=1)
     return parser
 
@@ -42,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
         if any(b <= 0 for b in args.budgets):
             raise ValueError(f"--budgets must be positive, got {args.budgets}")
         finetune = dict(batch_size=args.batch_size, opt=args.opt, lr=args.lr, smoothing=args.smoothing,
-                        min_scale=args.min_scale, workers=args.workers, img_size=32, crop_pct=1.0)
+                        augment=args.augment, workers=args.workers, img_size=32, crop_pct=1.0)
         run_grid(GridConfig(args.study, args.data_dir, args.out, args.budgets, args.calibrate, args.acts, finetune))
     if args.table is not None:
         print(f"table in {write_table(args.out, args.table)}")

@@ -388,3 +388,37 @@ def test_bad_calibrate_flags_are_one_error_line(extra, message, image_root, cifa
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_cifar_augmentation_pads_crops_and_flips_like_the_cifar_recipes(image_root):
+    """--augment cifar: the eval image, zero-padded by 4 and cropped back (black borders), flipped; same size and
+    normalization as the eval transform, and no colour change."""
+    import timm
+    from PIL import Image as PILImage
+
+    import layeract_patch.models  # noqa: F401
+
+    model = timm.create_model("cifar_resnet20", num_classes=3)
+    train_tf, eval_tf = ft.data_transforms(model, "timm/cifar_resnet20", 32, 1.0, augment="cifar")
+    image = PILImage.open(next((image_root / "train" / "class_0").iterdir())).convert("RGB").resize((32, 32))
+    reference = eval_tf(image)
+    mean = torch.tensor(model.pretrained_cfg["mean"]).view(3, 1, 1)
+    std = torch.tensor(model.pretrained_cfg["std"]).view(3, 1, 1)
+    black = ((0 - mean) / std)
+    torch.manual_seed(0)
+    found_shift = False
+    for _ in range(20):
+        out = train_tf(image)
+        assert out.shape == reference.shape
+        # every output pixel is a pixel of the (possibly flipped) reference or a black border pixel
+        for candidate in (reference, reference.flip(-1)):
+            padded = torch.nn.functional.pad(candidate - black, (4, 4, 4, 4)) + black
+            if any(torch.allclose(out, padded[:, r:r + 32, c:c + 32], atol=1e-5)
+                   for r in range(9) for c in range(9)):
+                break
+        else:
+            raise AssertionError("not a padded crop of the eval image")
+        found_shift |= not torch.allclose(out, reference, atol=1e-5)
+    assert found_shift
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        ft.data_transforms(model, "timm/cifar_resnet20", 32, 1.0, augment="autoaugment")

@@ -30,8 +30,8 @@ from .distributed import resolve_device
 from .folders import EpochOrder, SeededDraws, check_images, image_folders
 from .metrics import batch_scores, summarize_scores
 from .outdir import check_output_path, claim_output
-from .pretrained import (classifier_name, create_model, data_transforms, input_size_kwarg, load_weights, logits_of,
-                         num_classes, parse_model_name, set_num_classes)
+from .pretrained import (AUGMENTS, classifier_name, create_model, data_transforms, input_size_kwarg, load_weights,
+                         logits_of, num_classes, parse_model_name, set_num_classes)
 from .results import write_json
 from .spine import CHECKPOINT_FORMAT, LoopConfig, Run, fit
 
@@ -70,6 +70,7 @@ class FinetuneConfig:
     img_size: Optional[int] = None
     crop_pct: Optional[float] = None
     min_scale: float = 0.08
+    augment: str = "imagenet"
     opt: str = "adamw"
     lr: Optional[float] = None
     weight_decay: Optional[float] = None
@@ -252,6 +253,8 @@ def check_config(cfg: FinetuneConfig) -> FinetuneConfig:
         raise ValueError(f"--smoothing (label smoothing) must be in [0, 1), got {cfg.smoothing}")
     if not 0.0 < cfg.min_scale <= 1.0:
         raise ValueError(f"--min-scale must be in (0, 1], got {cfg.min_scale}")
+    if cfg.augment not in AUGMENTS:
+        raise ValueError(f"--augment must be one of {', '.join(AUGMENTS)}, got {cfg.augment!r}")
     if cfg.crop_pct is not None and not 0.0 < cfg.crop_pct <= 1.0:
         raise ValueError(f"--crop-pct must be in (0, 1], got {cfg.crop_pct}")
     check_output_path(Path(cfg.out))
@@ -324,7 +327,7 @@ def _run(cfg: FinetuneConfig, out: Path, stream: TextIO) -> dict:
     torch.manual_seed(cfg.seed)  # a new head starts the same in the converted and the baseline run
     model = create_model(cfg.model, cfg.weights, **(cfg.model_kwargs or {}))
     train_set.transform, eval_set.transform = data_transforms(model, cfg.model, cfg.img_size, cfg.crop_pct,
-                                                              cfg.min_scale)
+                                                              cfg.min_scale, cfg.augment)
     classes = len(train_set.classes)
     new_head = cfg.reset_head or classes != num_classes(model)
     if new_head:

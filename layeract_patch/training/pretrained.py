@@ -168,14 +168,24 @@ def logits_of(output) -> Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
+AUGMENTS = ("imagenet", "cifar")
+
+
 def data_transforms(model: nn.Module, spec: str, img_size: Optional[int] = None, crop_pct: Optional[float] = None,
-                    min_scale: float = 0.08):
+                    min_scale: float = 0.08, augment: str = "imagenet"):
     """(train, eval) transforms from the model's own data config, at `img_size` when given.
 
     timm: resolve_data_config + create_transform. torchvision: the weights' transforms() for eval (its
     resize / crop sizes scaled to `img_size`), and random resized crop + flip with its mean, std and
-    interpolation for training, as torchvision's reference recipe.
+    interpolation for training, as torchvision's reference recipe. augment="cifar" trains instead as the
+    CIFAR recipes do: the image resized and centre-cropped as for eval, zero-padded by 4 pixels and randomly
+    cropped back, randomly flipped, then normalized (no resized crops, no colour jitter: a model trained that
+    way loses accuracy to ImageNet-style augmentation before it gains any).
     """
+    from torchvision import transforms as T
+
+    if augment not in AUGMENTS:
+        raise ValueError(f"unknown augmentation {augment!r}; choose one of: {', '.join(AUGMENTS)}")
     library, name = parse_model_name(spec)
     if library == "timm":
         from timm.data import create_transform, resolve_data_config
@@ -186,26 +196,39 @@ def data_transforms(model: nn.Module, spec: str, img_size: Optional[int] = None,
         if crop_pct is not None:
             overrides["crop_pct"] = crop_pct
         config = resolve_data_config(overrides, model=model)
-        train = create_transform(**config, is_training=True, scale=(min_scale, 1.0))
-        return train, create_transform(**config, is_training=False)
+        eval_tf = create_transform(**config, is_training=False)
+        if augment == "imagenet":
+            return create_transform(**config, is_training=True, scale=(min_scale, 1.0)), eval_tf
+        crop, mean, std = config["input_size"][-1], config["mean"], config["std"]
+        resize, interpolation = round(crop / config["crop_pct"]), T.InterpolationMode(config["interpolation"])
+    else:
+        import torchvision
+        from torchvision.transforms._presets import ImageClassification
 
-    import torchvision
-    from torchvision import transforms as T
-    from torchvision.transforms._presets import ImageClassification
-
-    try:
-        preset = torchvision.models.get_model_weights(name).DEFAULT.transforms()
-        crop, resize = preset.crop_size[0], preset.resize_size[0]
-        mean, std, interpolation = preset.mean, preset.std, preset.interpolation
-    except (ValueError, KeyError, AttributeError):  # a model without published weights: ImageNet's defaults
-        crop, resize = 224, 256
-        mean, std, interpolation = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), T.InterpolationMode.BILINEAR
-    ratio = crop / resize if crop_pct is None else crop_pct
-    crop = crop if img_size is None else img_size
-    resize = round(crop / ratio)
-    eval_tf = ImageClassification(crop_size=crop, resize_size=resize, mean=mean, std=std, interpolation=interpolation)
+        try:
+            preset = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+            crop, resize = preset.crop_size[0], preset.resize_size[0]
+            mean, std, interpolation = preset.mean, preset.std, preset.interpolation
+        except (ValueError, KeyError, AttributeError):  # a model without published weights: ImageNet's defaults
+            crop, resize = 224, 256
+            mean, std, interpolation = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), T.InterpolationMode.BILINEAR
+        ratio = crop / resize if crop_pct is None else crop_pct
+        crop = crop if img_size is None else img_size
+        resize = round(crop / ratio)
+        eval_tf = ImageClassification(crop_size=crop, resize_size=resize, mean=mean, std=std,
+                                      interpolation=interpolation)
+        if augment == "imagenet":
+            return T.Compose([
+                T.RandomResizedCrop(crop, scale=(min_scale, 1.0), interpolation=interpolation, antialias=True),
+                T.RandomHorizontalFlip(),
+                T.PILToTensor(),
+                T.ConvertImageDtype(torch.float),
+                T.Normalize(mean, std),
+            ]), eval_tf
     train_tf = T.Compose([
-        T.RandomResizedCrop(crop, scale=(min_scale, 1.0), interpolation=interpolation, antialias=True),
+        T.Resize(resize, interpolation=interpolation, antialias=True),
+        T.CenterCrop(crop),
+        T.RandomCrop(crop, padding=4),  # zero padding, before normalization: black borders, as the CIFAR recipes
         T.RandomHorizontalFlip(),
         T.PILToTensor(),
         T.ConvertImageDtype(torch.float),
