@@ -1,14 +1,17 @@
 """The README's main job: patch a torchvision ResNet-18 to LA-SiLU in one call and train it a few steps.
 
-    python -m layeract_patch.demo [--steps 5] [--batch-size 8] [--img-size 64]
+    .venv/bin/python -m layeract_patch.demo [--steps 5] [--batch-size 8] [--img-size 32]
 
 Runs offline (random weights and random images), in seconds on two CPU cores.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import time
 import warnings
+from pathlib import Path
 
 import torch
 import torchvision
@@ -17,6 +20,7 @@ from torch import nn
 from . import __version__, backend
 from .convert import convert_activations
 from .modules import LayerAct
+from .training.command import python_command
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -55,7 +59,18 @@ def main(args: argparse.Namespace) -> None:
         loss.backward()
         optimizer.step()
         print(f"step {step}/{args.steps}  loss {loss.item():.4f}  (fitting one random batch)")
-    print(f"{args.steps} steps in {time.perf_counter() - start:.1f} s. Next: `python recipes/cifar_resnet.py --help`")
+    print(f"{args.steps} steps in {time.perf_counter() - start:.1f} s. Next: {next_command()}")
+
+
+def next_command() -> str:
+    """The CIFAR recipe's --help, as it runs from here without an activated venv (the recipes live in the
+    repository, beside this package, when it is installed from a clone)."""
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "cifar_resnet.py"
+    if not recipe.is_file():
+        return "recipes/cifar_resnet.py --help, in a clone of the repository"
+    relative = os.path.relpath(recipe)
+    shown = shlex.quote(str(recipe) if relative.startswith("..") else relative)
+    return f"{python_command()} {shown} --help"
 
 
 if __name__ == "__main__":

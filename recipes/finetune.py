@@ -103,6 +103,9 @@ def main(args: argparse.Namespace) -> dict:
     """Library entry point: run, print the table, return the results dict (bad input raises ValueError)."""
     results = run_finetune(FinetuneConfig(**{f.name: getattr(args, f.name) for f in fields(FinetuneConfig)}))
     print(format_results(results))
+    out = Path(args.out).expanduser()
+    weights = sorted(str(path) for path in out.glob("checkpoint_*.pt"))
+    print(f"results in {out / 'results.json'}" + (f", weights in {', '.join(weights)}" if weights else ""))
     return results
 
 

@@ -14,8 +14,10 @@ from pathlib import Path
 
 from layeract_patch.studies import presets
 from layeract_patch.studies.report import build_report
-from layeract_patch.studies.reproduce import StudyConfig, plan, rebuild_runs_csv, run_study, shell_command
+from layeract_patch.studies.reproduce import (StudyConfig, launch_order, overview, plan, rebuild_runs_csv, run_study,
+                                              shell_command)
 from layeract_patch.training.command import run_command
+from layeract_patch.training.data import imagefolder_layout
 from layeract_patch.training.outdir import check_output_path
 
 
@@ -65,14 +67,20 @@ def main(args: argparse.Namespace) -> int:
                          data_dir_cifar100=args.data_dir_cifar100, jobs=args.jobs, threads=args.threads,
                          amp=args.amp, device=args.device, eval_corruptions=args.eval_corruptions)
     check_output_path(config.out)  # a file, or a folder that cannot be written: refused, also for --dry-run
-    if args.dry_run:
-        for item in plan(specs, config):
-            print(f"{item.status:8} {item.spec.name}" + (f"\n         {shell_command(item.command, config.threads)}" if item.command else ""))
-        return 0
-    for needed in {config.data_for(spec) for spec in specs}:
+    for needed in {config.data_for(spec) for spec in specs}:  # a dry run says what a real run would: this too
         if not needed.exists():
-            raise FileNotFoundError(f"data dir '{needed}' does not exist; point --data-dir at CIFAR-10 (an "
-                                    f"ImageFolder with train/ and test/, or a torchvision root)")
+            raise FileNotFoundError(f"data dir '{needed}' does not exist; point --data-dir at CIFAR-10 "
+                                    f"({imagefolder_layout()}, or a torchvision root)")
+    if args.dry_run:
+        planned = plan(specs, config)
+        todo = launch_order(planned)
+        print(overview(planned, config))
+        for number, item in enumerate(todo, 1):
+            print(f"[{number}/{len(todo)}] {item.status} {item.spec.name}\n    "
+                  f"{shell_command(item.command, config.threads)}")
+        print(f"dry run: nothing started; without --dry-run {len(todo)} run{'s' if len(todo) != 1 else ''} would "
+              f"start in this order, {config.jobs} at a time")
+        return 0
     outcome = run_study(specs, config)
     report = build_report(config.out, figures=not args.no_figures) if (config.out / "runs.csv").is_file() else None
     print(f"runs.csv and {report} in {config.out}" if report else f"no finished run yet in {config.out}")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from layeract_patch.studies.scale_correlation import COLORS, StudyConfig, check_config, load_study_data, run_study
+from layeract_patch.training.data import imagefolder_layout
 from layeract_patch.training.command import run_command
 
 
@@ -26,7 +27,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n")[0], add_help=add_help,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data-dir", required=True,
-                   help="a torchvision MNIST root, or an ImageFolder root with train/<class>/*")
+                   help=f"a torchvision MNIST root, or {imagefolder_layout(('train',))} (only train/ is read)")
     p.add_argument("--download", action="store_true", help="download MNIST into --data-dir when it is not there")
     p.add_argument("--color", choices=COLORS, default=defaults.color,
                    help="RGB images: convert to grayscale, or flatten all three channels")

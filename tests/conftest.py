@@ -14,6 +14,18 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Tests never reach the network: the pretrained-weights look-up asks a server only through
+    `pretrained._reachable`, and a test that gets there without replacing it fails, naming the fix."""
+    from layeract_patch.training import pretrained
+
+    def probe(host):
+        raise AssertionError(f"a test asked whether {host} answers; monkeypatch pretrained._reachable")
+
+    monkeypatch.setattr(pretrained, "_reachable", probe)
+
+
 @pytest.fixture
 def compiled():
     """The C kernel's library; a machine without a C compiler skips (the fallback has its own test)."""

@@ -75,7 +75,7 @@ CASES = {
     "cifar --resume without a checkpoint": ("cifar_resnet", lambda d: cifar(d, "--resume"), None,
                                             "no checkpoint to continue"),
     "cifar imagefolder without test/": ("cifar_cnn", lambda d: cifar(d, "--data-dir", d["no_test"])[2:], None,
-                                        "has no test/ (or val/)"),
+                                        "has no test/ with class folders"),
     "finetune batch larger than the training set": ("finetune", lambda d: finetune(d, "--batch-size", "64"), None,
                                                     "fewer than --batch-size 64"),
     "finetune negative momentum": ("finetune", lambda d: finetune(d, "--momentum", "-0.1"), None,

@@ -1,6 +1,7 @@
 """recipes/eval_corruptions.py and the CIFAR recipes' --eval-corruptions, run as a user runs them on tiny data."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from layeract_patch.studies.trained_models import load_trained
+from layeract_patch.training import load_images
 from test_finetune import cli as finetune_cli, image_root, timm_weights, torchvision_weights  # noqa: F401 (fixtures)
 from test_recipes import CNN, RESNET, read_json, recipe
 from test_training import make_cifar_root, make_imagefolder
@@ -65,6 +67,11 @@ def test_recipe_evaluates_a_seed_as_the_training_run_did(run_dir, folder, tmp_pa
                            str(folder), *SUBSET, "--severities", "1", "2", "--out", str(out)],
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
+    # a person waiting is told what runs, and after each corruption how long the rest will take
+    count = len(load_images(folder, train=False)[0])
+    assert f"evaluating on {count} test images: clean, then 2 corruptions x 2 severities" in done.stderr
+    assert re.search(r"corruption 1/2 gaussian_noise: .*; 0:\d\d elapsed, ETA 0:\d\d\)", done.stderr)
+    assert re.search(r"corruption 2/2 contrast: .*; 0:\d\d elapsed\)", done.stderr)
     results = read_json(out / "results.json")
     trained = read_json(run_dir / "seed_0" / "corruptions.json")
     assert results["model"]["kind"] == "cifar" and results["model"]["seed"] == 0

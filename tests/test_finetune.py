@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
 from torch import nn
 
 from layeract_patch import LAHardSiLU
 from layeract_patch.training import finetune as ft
+from layeract_patch.training import pretrained
 from layeract_patch.training.progress import Progress
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +87,7 @@ def test_timm_checkpoint_is_converted_finetuned_and_reported(image_root, timm_we
     assert cli(*timm_args(image_root, timm_weights, "--max-iter", "8"), out=out) == 0
     results = json.loads((out / "results.json").read_text())
     for key in ("original", "converted", "finetuned"):
-        assert set(results[key]) >= {"top1", "top5", "loss", "loss_std"}
+        assert set(results[key]) >= {"top1", "loss", "loss_std"} and "top5" not in results[key]  # 3 classes
         assert 0 <= results[key]["top1"] <= 100 and results[key]["count"] == 12
     assert results["classes"] == 3 and results["new_head"] is False and results["iterations"] == 8
     assert results["conversion"]["swapped"] > 0 and "baseline" not in results
@@ -104,11 +106,22 @@ def test_timm_checkpoint_is_converted_finetuned_and_reported(image_root, timm_we
     assert results["finetuned"]["loss"] < results["converted"]["loss"]  # and fine-tuning learns
 
     saved = torch.load(out / "checkpoint_finetuned.pt", weights_only=False)
-    assert saved["step"] == 8
+    assert saved["step"] == 8 and saved["finished"]
+    assert "optimizer" not in saved  # a finished run keeps its weights, not AdamW's two copies of them
     assert saved["model"].keys() == timm_weights[1].keys()  # affine=False adds nothing: weights stay portable
     assert not torch.equal(saved["model"]["conv_stem.weight"], timm_weights[1]["conv_stem.weight"])
-    table = capsys.readouterr().out
-    assert all(row in table for row in ("original", "converted", "finetuned"))
+    printed = capsys.readouterr()
+    assert all(row in printed.out for row in ("original", "converted", "finetuned"))
+    # it says what it evaluates while a person waits, and where everything went
+    assert "original: evaluating on the 12 images of val/" in printed.err
+    assert printed.out.strip().splitlines()[-1] == (f"results in {out / 'results.json'}, weights in "
+                                                    f"{out / 'checkpoint_finetuned.pt'}")
+    # stopped after training, before its evaluation was recorded: --resume evaluates the kept weights, as they were
+    before = json.loads((out / "results.json").read_text())
+    (out / "results.json").write_text(json.dumps({k: v for k, v in before.items() if k != "finetuned"}))
+    assert cli(*timm_args(image_root, timm_weights, "--max-iter", "8"), "--resume", out=out) == 0
+    after = json.loads((out / "results.json").read_text())
+    assert after["finetuned"] == before["finetuned"] and after["history"] == before["history"]
 
 
 def test_torchvision_new_head_affine_conversion_and_baseline(image_root, torchvision_weights, tmp_path):
@@ -137,7 +150,7 @@ def test_ctrl_c_saves_and_resume_matches_the_uninterrupted_run(image_root, timm_
 
     def press_ctrl_c_after_step_3(self, step, **metrics):
         update(self, step, **metrics)
-        if step == 3:
+        if step == 3 and self.desc == "finetuned":  # the training's display, not the image check's
             signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(Progress, "update", press_ctrl_c_after_step_3)
@@ -227,6 +240,7 @@ def test_missing_pretrained_weights_offline_say_to_pass_a_file(monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
+    monkeypatch.setattr(pretrained, "_reachable", lambda host: True)  # the server answers; the download fails
     monkeypatch.setattr(tv_api, "load_state_dict_from_url", offline)
     with pytest.raises(ValueError, match="--weights PATH"):
         ft.create_model("torchvision/mobilenet_v3_small")
@@ -237,6 +251,40 @@ def test_missing_pretrained_weights_offline_say_to_pass_a_file(monkeypatch):
     assert not timm.is_model_pretrained("lcnet_035")
     with pytest.raises(ValueError, match="no pretrained weights"):
         ft.create_model("timm/lcnet_035")
+
+
+def test_an_unreachable_hub_fails_at_once_naming_hf_hub_offline_and_weights(monkeypatch, tmp_path):
+    import timm
+
+    def never(*args, **kwargs):
+        raise AssertionError("no download may start when the server cannot be reached")
+
+    monkeypatch.setattr(timm, "create_model", never)
+    monkeypatch.setattr(torchvision.models, "get_model", never)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty cache
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    asked = []
+    monkeypatch.setattr(pretrained, "_reachable", lambda host: asked.append(host) and False)
+    for spec, host in (("timm/resnet18", "huggingface.co"), ("torchvision/mobilenet_v3_small", "download.pytorch.org")):
+        with pytest.raises(ValueError) as err:
+            ft.create_model(spec)
+        assert f"cannot reach {host}" in str(err.value) and "--weights PATH" in str(err.value)
+        assert "HF_HUB_OFFLINE=1" in str(err.value) and asked[-1] == host
+
+    # HF_HUB_OFFLINE=1: no server is asked at all; weights missing from the cache are one error naming --weights
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    asked.clear()
+    for spec in ("timm/resnet18", "torchvision/mobilenet_v3_small"):
+        with pytest.raises(ValueError, match="HF_HUB_OFFLINE is set .* not in the local cache; pass a local state_dict "
+                                             "or checkpoint with --weights PATH"):
+            ft.create_model(spec)
+    assert asked == []
+    # torchvision's weights already in torch.hub's cache are read without asking any server
+    (tmp_path / "checkpoints").mkdir()
+    url = torchvision.models.get_model_weights("mobilenet_v3_small").DEFAULT.url
+    (tmp_path / "checkpoints" / url.rsplit("/", 1)[1]).write_bytes(b"")
+    monkeypatch.setattr(torchvision.models, "get_model", lambda *a, **k: "built")
+    assert ft.create_model("torchvision/mobilenet_v3_small") == "built" and asked == []
 
 
 def test_load_weights_reads_the_usual_checkpoint_layouts(tmp_path):

@@ -13,12 +13,13 @@ def readme_blocks(lang):
 
 
 def test_ci_runs_the_readme_commands():
+    """CI starts with the README's two set-up commands, word for word, then runs the tests whose outcome depends
+    on the optional matplotlib again with it installed: the suite must pass with and without it."""
     ci_commands = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
                    if line.startswith((".venv/", "python3 -m venv"))]
-    readme = "\n".join(readme_blocks("bash"))
-    assert len(ci_commands) == 2
-    for command in ci_commands:
-        assert command in readme, f"README lacks the CI command: {command}"
+    setup = [block.strip() for block in readme_blocks("bash")[:2]]
+    assert ci_commands[:2] == setup, "the README's set-up commands must be CI's first two, word for word"
+    assert ci_commands[2:] == [".venv/bin/pip install matplotlib", ".venv/bin/python -m pytest -q -m matplotlib"]
 
 
 def test_readme_python_examples_run():

@@ -16,6 +16,7 @@ import torch
 from layeract_patch.models import cifar_resnet
 from layeract_patch.training import Progress
 from layeract_patch.training import load_images
+from layeract_patch.training.command import python_command
 from test_training import make_cifar_root, make_imagefolder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +44,14 @@ def recipe(script, *args, capsys=None):
     return code, out, err
 
 
+def has_matplotlib():
+    try:
+        import matplotlib  # noqa: F401  (optional: the suite passes with and without it)
+    except ImportError:
+        return False
+    return True
+
+
 def read_json(path):
     return json.loads(Path(path).read_text())
 
@@ -58,7 +67,7 @@ def test_resnet_recipe_on_imagefolder_with_two_seeds(folder, tmp_path, capsys):
     assert code == 0
     results = read_json(out / "results.json")
     assert results["model"] == "cifar_resnet8" and results["iterations"] == 8 and results["seeds"] == [0, 1]
-    assert set(results["test"]) == {"top1", "top5", "loss", "loss_std"}
+    assert set(results["test"]) == {"top1", "loss", "loss_std"}  # 3 classes: every label is in the top 5
     per_seed = [read_json(out / f"seed_{s}" / "results.json") for s in (0, 1)]
     for metric in ("top1", "loss", "loss_std"):
         values = [run["test"][metric] for run in per_seed]
@@ -93,6 +102,40 @@ def test_cnn_recipe_on_cifar_pickle_root_without_norm(tmp_path, capsys, monkeypa
     assert all(math.isfinite(value) for value in run["test"].values())
 
 
+def test_a_short_run_logs_enough_to_plot_and_says_what_it_does(folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as where it is not installed
+    out = tmp_path / "run"
+    code, stdout, err = recipe(RESNET, "--depth", "8", "--data-dir", folder, "--out", out, "--max-iter", "50",
+                               "--batch-size", "8", "--eval-every", "25", "--eval-batch-size", "16", capsys=capsys)
+    assert code == 0, err
+    run = read_json(out / "seed_0" / "results.json")
+    # no --log-every: a 50-iteration run logs every 2 iterations (and at each evaluation), so its loss curve has
+    # 26 points, where the old default of 100 gave one
+    assert [row["iteration"] for row in run["train_log"]] == sorted([*range(2, 51, 2), 25])
+    assert stdout.strip().splitlines()[-1] == (f"results in {out / 'results.json'} (no loss-curve plot: "
+                                               f"{python_command()} -m pip install matplotlib)")
+    # while a person waits: what is validated and tested, on how many images
+    assert "seed 0: validating every 25 iterations on 6 held-out training images" in err
+    assert "seed 0: testing the best-validation weights (iteration " in err and " on 18 test images" in err
+    # --resume with a larger --max-iter keeps the log interval the run started with (the rule would now give 4)
+    code, _, err = recipe(RESNET, "--depth", "8", "--data-dir", folder, "--out", out, "--max-iter", "100",
+                          "--batch-size", "8", "--eval-every", "25", "--eval-batch-size", "16", "--resume",
+                          capsys=capsys)
+    assert code == 0, err
+    assert [row["iteration"] for row in read_json(out / "seed_0" / "results.json")["train_log"]][-3:] == [96, 98, 100]
+
+
+@pytest.mark.matplotlib
+def test_the_loss_curves_are_drawn_where_matplotlib_is_installed(folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, _ = recipe(RESNET, "--depth", "8", "--data-dir", folder, "--out", out, *SHORT, capsys=capsys)
+    assert code == 0
+    if has_matplotlib():
+        assert (out / "loss_curves.png").stat().st_size > 1000 and f"loss curves in {out / 'loss_curves.png'}" in stdout
+    else:
+        assert not (out / "loss_curves.png").exists() and "-m pip install matplotlib" in stdout
+
+
 def test_ctrl_c_saves_and_resume_matches_uninterrupted_run(folder, tmp_path, capsys, monkeypatch):
     args = ["--depth", "8", "--data-dir", folder, *SHORT]
     assert recipe(RESNET, *args, "--out", tmp_path / "straight", capsys=capsys)[0] == 0
@@ -101,7 +144,7 @@ def test_ctrl_c_saves_and_resume_matches_uninterrupted_run(folder, tmp_path, cap
 
     def ctrl_c_at_step_5(self, step, **kw):
         update(self, step, **kw)
-        if step == 5:
+        if step == 5 and self.desc.startswith("seed"):  # the training's display, not the image loader's
             signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(Progress, "update", ctrl_c_at_step_5)
@@ -160,6 +203,7 @@ def test_cuda_requested_without_cuda(folder, tmp_path, capsys):
     assert code == 2 and "no CUDA device" in err
 
 
+@pytest.mark.matplotlib
 def test_torchrun_two_processes_train_like_one(folder, tmp_path, capsys):
     # With a per-sample norm ("ln") the two ranks' averaged gradients equal the one-process gradient, so the
     # weights agree up to float summation order; each rank sees its half of the same augmented batch.
@@ -179,7 +223,8 @@ def test_torchrun_two_processes_train_like_one(folder, tmp_path, capsys):
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
     assert ddp["test"]["top1"] == one["test"]["top1"]
     assert result.stdout.count("results in") == 1  # only rank 0 reports (and writes)
-    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["history.csv", "results.json", "seed_0"]
+    plot = ["loss_curves.png"] if has_matplotlib() else []  # the loss curves are drawn when matplotlib is there
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == sorted(["history.csv", "results.json", "seed_0"] + plot)
 
 
 # ---- records that never lie ----
@@ -260,6 +305,9 @@ def test_imagefolder_is_normalised_with_its_own_statistics_and_recorded_as_itsel
                   capsys=capsys)[0] == 0
     results = read_json(tmp_path / "run" / "results.json")
     assert results["dataset"] == f"imagefolder:{Path(folder).name}"
+    # --dataset and --download choose torchvision's data, which did not run: the record leaves them out
+    assert "dataset" not in results["args"] and "download" not in results["args"]
+    assert results["args"]["data_dir"] == str(Path(folder).resolve())
     images = load_images(folder, train=True)[0].float().div(255)
     mean = images.mean(dim=(0, 2, 3))
     std = images.transpose(0, 1).reshape(3, -1).std(dim=1)
@@ -272,8 +320,18 @@ def test_imagefolder_without_test_split_is_never_sent_to_torchvision(tmp_path, c
     shutil.rmtree(data / "test")
     code, _, err = recipe(RESNET, "--depth", "8", "--data-dir", data, "--out", tmp_path / "run", *SHORT,
                           capsys=capsys)
-    assert code == 2 and "has no test/ (or val/)" in err and str(data / "test") in err
+    assert code == 2 and "has no test/ with class folders" in err and str(data / "test") in err
     assert sorted(p.name for p in data.iterdir()) == ["train"]  # nothing downloaded into the user's folder
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_val_folder_is_never_taken_for_the_test_set(tmp_path, capsys):
+    data = make_imagefolder(tmp_path / "data", classes=3, per_class=(16, 6))
+    (data / "test").rename(data / "val")
+    code, _, err = recipe(RESNET, "--depth", "8", "--data-dir", data, "--out", tmp_path / "run", *SHORT,
+                          capsys=capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "has val/ but no test/" in err and "rename val/ to test/" in err
     assert not (tmp_path / "run").exists()
 
 

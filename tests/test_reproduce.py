@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from layeract_patch.studies import presets
+from layeract_patch.studies.figures import accuracy_interval
 from layeract_patch.studies.report import build_report, group_runs, read_runs
 from layeract_patch.studies.reproduce import RUN_COLUMNS
 from layeract_patch.studies.stats import betainc, confidence_interval, t_cdf, t_quantile, t_two_sided_p, welch_test
@@ -117,7 +118,9 @@ def test_report_statistics_from_a_hand_written_csv(tmp_path):
     assert "LA-HardSiLU vs SiLU, test top-1: -1.50 points (n=1 vs 3): too few seeds for a test" in text
     assert "| LA-HardSiLU | 1 | 91.50 | 91.50 | – |" in text  # one seed: no spread shown, no interval
     assert "2,500 iterations, lr 0.1 / 10 at 1,250 and 1,875, batch 128" in text
-    assert "3.9% of the paper's training" in text and "CIFAR-10 from `/data/cifar10`" in text
+    # another machine's folder means nothing to a reader: the data set is named, not the path it had there
+    assert "3.9% of the paper's training" in text and "Data: CIFAR-10. " in text and "/data/cifar10" not in text
+    assert "rebuild this file from the repository root with `.venv/bin/python recipes/reproduce.py" in text
     assert "Runs that did not finish" not in text
 
     # A run that stopped with an error (the recipe's diverged-loss exit) is listed, not silently dropped.
@@ -146,6 +149,7 @@ def test_report_robustness_table_from_a_hand_written_csv(tmp_path):
     assert "Robustness:" not in build_report(tmp_path, figures=False).read_text()
 
 
+@pytest.mark.matplotlib
 def test_report_figures_or_a_note_without_matplotlib(tmp_path):
     write_runs_csv(tmp_path / "runs.csv", [("silu", 0, 90.0, 1.5), ("silu", 1, 91.0, 1.6),
                                            ("la_silu", 0, 91.0, 1.4), ("la_silu", 1, 92.0, 1.3)])
@@ -225,6 +229,40 @@ def test_bad_input_is_one_error_line(tmp_path, capsys, flags, message):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_dry_run_prints_what_the_run_would(tmp_path, capsys):
+    data = make_imagefolder(tmp_path / "data", classes=3, per_class=(10, 4))
+    out = tmp_path / "study"
+    args = ["--preset", "smoke", "--acts", "relu", "la_silu", "--seeds", "0", "1", "--data-dir", data, "--out", out,
+            "--jobs", "2"]
+    (out / "runs" / "cifar_resnet8_bn_he_relu_cifar10_it12_s1").mkdir(parents=True)  # a finished run: not started
+    (out / "runs" / "cifar_resnet8_bn_he_relu_cifar10_it12_s1" / "results.json").write_text("{}")
+    code, stdout, err = reproduce(*args, "--dry-run", capsys=capsys)
+    assert code == 0, err
+    lines = stdout.splitlines()
+    assert lines[0] == "4 runs: 1 finished already, 0 to resume, 3 to start; 2 at a time, 1 thread(s) each"
+    started = [line for line in lines if line.startswith("[")]
+    assert started == ["[1/3] start cifar_resnet8_bn_he_relu_cifar10_it12_s0",  # seed-major, as the runner goes
+                       "[2/3] start cifar_resnet8_bn_he_la_silu_cifar10_it12_s0",
+                       "[3/3] start cifar_resnet8_bn_he_la_silu_cifar10_it12_s1"]
+    assert lines[-1] == "dry run: nothing started; without --dry-run 3 runs would start in this order, 2 at a time"
+    assert not (out / "meta").exists() and not (out / "logs").exists()
+    # where the real run would stop at once, so does the dry run: no list of runs that would never start
+    code, stdout, err = reproduce(*args[:-4], "--data-dir", tmp_path / "missing", "--out", out, "--dry-run",
+                                  capsys=capsys)
+    assert code == 2 and stdout == "" and f"data dir '{tmp_path / 'missing'}' does not exist" in err
+
+
+def test_the_accuracy_figure_draws_intervals_within_what_is_possible():
+    class Stats:
+        mean, ci = 15.1, (-38.6, 68.9)  # n=2: the t-interval leaves 0-100%
+
+    assert accuracy_interval(Stats) == (0.0, 68.9)
+    Stats.mean, Stats.ci = 95.0, (88.0, 102.5)
+    assert accuracy_interval(Stats) == (88.0, 100.0)
+    Stats.ci = None  # one seed: the mean alone
+    assert accuracy_interval(Stats) == (95.0, 95.0)
+
+
 # --- the smoke preset end to end, twice, then an interrupted and a partial run -------------------------------
 
 def test_smoke_preset_runs_resumes_and_reports(tmp_path, capsys, monkeypatch):
@@ -247,7 +285,8 @@ def test_smoke_preset_runs_resumes_and_reports(tmp_path, capsys, monkeypatch):
     logs = sorted((out / "logs").glob("*.log"), key=lambda p: p.stat().st_ctime)
     assert [p.name.endswith("_s0.log") for p in logs] == [True, True, False, False]
     assert "## ResNet-8, batch norm, He init, CIFAR-10, 12 iterations" in report
-    assert f"CIFAR-10 from `{data}` (loaded as `imagefolder:data`)" in report  # what the recipe really loaded
+    # what the recipe really loaded; the folder by its name, as the study's absolute path is this machine's
+    assert "CIFAR-10 as an ImageFolder (`data`, loaded as `imagefolder:data`)" in report and str(data) not in report
     assert "| LA-SiLU | 2 |" in report and "| ReLU | 2 |" in report and "LA-SiLU vs ReLU, test top-1" in report
 
     # Twice: nothing runs again, runs.csv keeps one row per run.

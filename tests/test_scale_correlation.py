@@ -13,7 +13,7 @@ from PIL import Image
 
 from layeract_patch.studies.scale_correlation import (CSV_COLUMNS, StudyConfig, check_config, format_table,
                                                       load_study_data, make_mlp, plot_correlations, summarize,
-                                                      train_and_measure)
+                                                      train_and_measure, undefined_panels)
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "scale_correlation.py"
 
@@ -119,8 +119,11 @@ def test_summary_on_known_rows():
     assert s["final_r"] == pytest.approx(-0.1) and s["sum_cv"] == pytest.approx(0.225)
     assert s["final_accuracy"] == pytest.approx(0.8)
     assert "| relu | 20 | 2 | 0.300 | 0.500 | -0.100 | 0.2250 | 25% | 0.800 |" in format_table([s])
+    # the column says what a missing correlation means
+    assert "r undefined: the share of measurements" in format_table([s]) and "perfect balance" in format_table([s])
 
 
+@pytest.mark.matplotlib
 def test_plot_is_skipped_quietly_without_matplotlib(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
     rows = [{"act": "relu", "width": 4, "seed": 0, "layer": "act1", "epoch": 0.0, "pearson": 0.1}]
@@ -128,11 +131,28 @@ def test_plot_is_skipped_quietly_without_matplotlib(tmp_path, monkeypatch):
     assert not (tmp_path / "c.png").exists()
 
 
+@pytest.mark.matplotlib
 def test_plot_is_written_with_matplotlib(tmp_path):
     pytest.importorskip("matplotlib")
-    rows = [{"act": a, "width": w, "seed": s, "layer": l, "epoch": e, "pearson": 0.1 * e}
-            for a in ("relu", "la_silu") for w in (4, 8) for s in (0, 1) for l in ("act1", "act2") for e in (0, 1)]
+    rows = [{"act": a, "width": w, "seed": s, "layer": l, "epoch": e,
+             "pearson": math.nan if (a, l) == ("la_hardsilu", "act2") else 0.1 * e}
+            for a in ("relu", "la_hardsilu") for w in (4, 8) for s in (0, 1) for l in ("act1", "act2") for e in (0, 1)]
     assert plot_correlations(rows, tmp_path / "c.png").stat().st_size > 0
+
+
+def test_a_panel_without_any_correlation_is_named_not_left_empty():
+    rows = [{"act": a, "layer": l, "pearson": math.nan if (a, l) == ("la_hardsilu", "act4") or e == 0 else 0.2}
+            for a in ("relu", "la_hardsilu") for l in ("act1", "act4") for e in (0, 1)]
+    assert undefined_panels(rows) == [("la_hardsilu", "act4")]
+
+
+def test_its_data_errors_ask_only_for_the_train_split_it_reads(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _recipe().run(["--data-dir", str(empty), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "an ImageFolder root with train/<class>/<image>, or a torchvision mnist root" in err and "test/" not in err
+    assert "only train/ is read" in " ".join(_recipe().get_args_parser().format_help().split())
 
 
 def test_bad_arguments_get_a_one_line_error_and_exit_code_2(image_folder, tmp_path, capsys):

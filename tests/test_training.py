@@ -163,7 +163,91 @@ def test_progress_bar_on_a_terminal():
     assert text.count("\n") == 1  # one line, redrawn in place
 
 
+class Clock:
+    """A stand-in for time.perf_counter that moves only when told: progress arithmetic without real timing."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_progress_shows_an_eta_that_leaves_evaluations_out(monkeypatch):
+    from layeract_patch.training import progress
+
+    clock = Clock()
+    monkeypatch.setattr(progress.time, "perf_counter", clock)
+    stream = io.StringIO()
+    bar = Progress(10, desc="seed 0", stream=stream, interval=0)
+    for step in range(1, 5):  # 2 s a step, 10 images a step
+        clock.now += 2
+        bar.update(step, images=10)
+    with bar.paused():  # an evaluation of 100 s: neither the pace nor images/s counts it
+        clock.now += 100
+    clock.now += 2
+    bar.update(5, images=10)
+    for step in range(6, 11):
+        clock.now += 2
+        bar.update(step, images=10)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "seed 0  1/10 5 img/s (0:02 elapsed, ETA 0:18)"
+    assert lines[3] == "seed 0  4/10 5 img/s (0:08 elapsed, ETA 0:12)"
+    assert lines[4] == "seed 0  5/10 5 img/s (1:50 elapsed, ETA 0:10)"  # not the 2:10 the evaluation would make it
+    assert lines[-1] == "seed 0 10/10 5 img/s (2:00 elapsed)"  # done: no ETA
+
+
+def test_progress_of_a_resumed_run_paces_from_its_own_first_step(monkeypatch):
+    from layeract_patch.training import progress
+
+    clock = Clock()
+    monkeypatch.setattr(progress.time, "perf_counter", clock)
+    stream = io.StringIO()
+    bar = Progress(100, stream=stream, interval=0)
+    clock.now += 3
+    bar.update(91)  # resumed at 90: one step in 3 s, nine to go
+    assert stream.getvalue() == " 91/100 (0:03 elapsed, ETA 0:27)\n"
+
+
+def test_progress_waits_its_delay_before_saying_anything(monkeypatch):
+    from layeract_patch.training import progress
+
+    clock = Clock()
+    monkeypatch.setattr(progress.time, "perf_counter", clock)
+    stream = io.StringIO()
+    bar = Progress(1000, desc="loading train", stream=stream, interval=10, delay=2)
+    for step in range(1, 11):  # 10 steps in 1 s: silent
+        clock.now += 0.1
+        bar.update(step, images=1)
+    assert stream.getvalue() == ""
+    clock.now += 2
+    bar.update(11, images=1)
+    assert stream.getvalue() == "loading train   11/1000 4 img/s (0:03 elapsed, ETA 4:30)\n"
+
+
 # ---- data ----
+
+def test_loading_a_folder_that_takes_a_while_says_so(tmp_path, monkeypatch, capsys):
+    from layeract_patch.training import data
+
+    root = make_imagefolder(tmp_path / "folder", classes=2, per_class=(3, 2))
+    monkeypatch.setattr(data, "LOAD_DELAY", 0.0)  # as if decoding took longer than the delay
+    load_images(root, train=True)
+    err = capsys.readouterr().err
+    assert f"loading {root / 'train'} 1/6" in err and f"loading {root / 'train'} 6/6" in err and "elapsed" in err
+
+
+def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    def offline(*args, **kwargs):
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(tvd, "CIFAR10", offline)
+    with pytest.raises(FileNotFoundError, match="downloading it failed"):
+        load_images(tmp_path / "new" / "data", "cifar10", train=True, download=True)
+    assert list(tmp_path.iterdir()) == []  # neither new/ nor new/data/ is left behind
+
 
 def test_imagefolder_rgb_png_and_jpeg(tmp_path):
     root = make_imagefolder(tmp_path / "folder")
@@ -316,6 +400,16 @@ def test_evaluate_matches_hand_computation():
     assert result["count"] == 23
 
 
+def test_top5_is_left_out_where_every_label_is_in_the_top_5():
+    images = torch.zeros(6, 1, 1, 1, dtype=torch.uint8)
+    for classes, has_top5 in ((3, False), (5, False), (6, True)):
+        result = evaluate(FixedLogits(torch.randn(6, classes)), images, torch.zeros(6, dtype=torch.long), (0.0,),
+                          (1.0,))
+        assert ("top5" in result) == has_top5, classes
+    assert "top5" not in format_summary(summarize([evaluate(FixedLogits(torch.randn(6, 3)), images,
+                                                            torch.zeros(6, dtype=torch.long), (0.0,), (1.0,))]))
+
+
 def test_summary_best_mean_std_and_files(tmp_path):
     runs = [{"top1": 90.0, "loss": 0.3}, {"top1": 92.0, "loss": 0.4}, {"top1": 91.0, "loss": 0.2}]
     summary = summarize(runs)
@@ -332,11 +426,13 @@ RUNS = [{"seed": 0, "train_log": [{"iteration": 1, "train_loss": 2.0}, {"iterati
          "history": [{"iteration": 2, "val_loss": 1.5}]}]
 
 
+@pytest.mark.matplotlib
 def test_plot_skipped_without_matplotlib(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import now raises ImportError
     assert plot_losses(RUNS, tmp_path / "loss.png") is None and not (tmp_path / "loss.png").exists()
 
 
+@pytest.mark.matplotlib
 def test_plot_png(tmp_path):
     pytest.importorskip("matplotlib")
     path = plot_losses(RUNS, tmp_path / "loss.png", title="t")

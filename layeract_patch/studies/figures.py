@@ -8,11 +8,11 @@ from __future__ import annotations
 import csv
 import textwrap
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from .paper_numbers import act_label
 
-__all__ = ["plot_early_loss", "plot_accuracy", "training_losses"]
+__all__ = ["plot_early_loss", "plot_accuracy", "accuracy_interval", "training_losses"]
 
 
 def _pyplot():
@@ -63,20 +63,28 @@ def plot_early_loss(group, out: Path) -> Optional[Path]:
     return _save(plt, fig, Path(out) / "figures" / f"{group.slug}_loss.png")
 
 
+def accuracy_interval(stats) -> Tuple[float, float]:
+    """The 95% interval of a mean accuracy as drawn: within 0-100%, the only possible values (with two seeds
+    the t-interval is wide enough to leave them); the mean alone when there is no interval (one seed)."""
+    low, high = stats.ci if stats.ci else (stats.mean, stats.mean)
+    return max(low, 0.0), min(high, 100.0)
+
+
 def plot_accuracy(group, out: Path) -> Optional[Path]:
-    """Test top-1 per activation: each seed a dot, the mean with its 95% confidence interval."""
+    """Test top-1 per activation: each seed a dot, the mean with its 95% confidence interval (clipped to 0-100%)."""
     plt = _pyplot()
     if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for i, (act, stats) in enumerate(group.acts.items()):
         seeds = [r["test_top1"] for r in group.rows if r["act"] == act]
-        ax.scatter([i] * len(seeds), seeds, color=f"C{i}", alpha=0.6, s=14)
-        low, high = stats.ci if stats.ci else (stats.mean, stats.mean)
+        ax.scatter([i] * len(seeds), seeds, color=f"C{i}", alpha=0.6, s=14, label="each seed" if i == 0 else None)
+        low, high = accuracy_interval(stats)
         ax.errorbar([i + 0.15], [stats.mean], yerr=[[stats.mean - low], [high - stats.mean]], fmt="o",
-                    color=f"C{i}", capsize=4)
+                    color=f"C{i}", capsize=4, label="mean, 95% CI of the mean (within 0-100%)" if i == 0 else None)
     ax.set_xticks(range(len(group.acts)))
-    ax.set_xticklabels([_label(a) for a in group.acts], fontsize=8)
+    ax.set_xticklabels([_label(a, stats.n) for a, stats in group.acts.items()], fontsize=8)
+    ax.legend(fontsize=7)
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(textwrap.fill(group.title, 90), fontsize=8)  # long titles wrap instead of leaving the figure
     ax.grid(alpha=0.3, axis="y")

@@ -2,12 +2,13 @@
 numbers beside ours, the per-sample loss std (Table 5), how fast the training loss falls early (Figs. 3-4),
 plain sentences on what the data support, figures.
 
-    python recipes/reproduce.py --report-only --out DIR    # rebuild DIR/report.md from DIR/runs.csv
+    .venv/bin/python recipes/reproduce.py --report-only --out DIR    # rebuild DIR/report.md from DIR/runs.csv
 """
 from __future__ import annotations
 
 import csv
 import json
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from .stats import Welch, confidence_interval, mean, sample_std, welch_test
 __all__ = ["read_runs", "Group", "ActStats", "group_runs", "build_report", "act_label", "ALPHA"]
 
 ALPHA = 0.05
+PYTHON = ".venv/bin/python"  # the README's set-up puts it there: commands in a report work from the repository root
 REFERENCES = ("silu", "relu")
 # CIFAR-C group means (see reproduce.CORRUPTION_COLUMNS), in the paper's order
 ROBUSTNESS = (("c_clean", "clean"), ("c_total", "Total"), ("c_noise", "Noise"), ("c_blur", "Blur"),
@@ -291,6 +293,23 @@ def _failed(out: Path) -> List[str]:
     return lines
 
 
+def _shown(path) -> str:
+    """`path` as a report shows it: relative to the working folder when it lies under it, else as it is."""
+    relative = os.path.relpath(os.path.abspath(path))
+    return str(path) if relative.startswith("..") else relative
+
+
+def _data(dataset: str, path: str, source: str) -> str:
+    """What the runs trained on, for a reader: the data set, and the folder only where it can be found again (under
+    the working folder); another machine's absolute path would mean nothing to them."""
+    name = dataset.upper().replace("CIFAR", "CIFAR-")
+    where = _shown(path) if path else ""
+    if not source.startswith("imagefolder:"):
+        return name + (f" (torchvision's release, in `{where}`)" if where and not os.path.isabs(where) else "")
+    folder = where if where and not os.path.isabs(where) else Path(path).name
+    return f"{name} as an ImageFolder (`{folder}`, loaded as `{source}`)"
+
+
 def build_report(out, figures: bool = True) -> Path:
     """Write out/report.md (and out/figures/*.png when matplotlib is importable) from out/runs.csv."""
     out = Path(out)
@@ -298,12 +317,10 @@ def build_report(out, figures: bool = True) -> Path:
     groups = group_runs(rows)
     datasets = sorted({(r["dataset"], r.get("data_dir", ""), r.get("data_source") or "") for r in rows})
     lines = ["# LayerAct study: the paper's tables, re-measured", "",
-             f"{len(rows)} finished runs from `runs.csv`; rebuild this file with "
-             f"`python recipes/reproduce.py --report-only --out {out}`. The exact command of every run is in "
-             f"runs.csv (`command`).", "",
-             "Data: " + "; ".join(f"{d.upper().replace('CIFAR', 'CIFAR-')} from `{path}`"
-                                  + (f" (loaded as `{source}`)" if source and source != d else "")
-                                  for d, path, source in datasets)
+             f"{len(rows)} finished runs from `runs.csv`; rebuild this file from the repository root with "
+             f"`{PYTHON} recipes/reproduce.py --report-only --out {_shown(out)}`. The exact command of every run is "
+             f"in runs.csv (`command`).", "",
+             "Data: " + "; ".join(_data(d, path, source) for d, path, source in datasets)
              + ". Test top-1 in %, on the test set, with the weights of the best validation accuracy (10% of the "
                "training set held out), as in the paper.", "",
              f"How to read: n = seeds; CI = 95% Student-t interval of the mean; p = Welch's two-sided t-test of "
@@ -324,8 +341,8 @@ def build_report(out, figures: bool = True) -> Path:
         if figures:
             made = [plot_early_loss(group, out), plot_accuracy(group, out)]
             if all(path is None for path in made):
-                lines += ["(Figures skipped: matplotlib is not installed; `pip install matplotlib` and rerun "
-                          "`--report-only`.)", ""]
+                lines += [f"(Figures skipped: matplotlib is not installed; `{PYTHON} -m pip install matplotlib` and "
+                          f"rerun `--report-only`.)", ""]
             else:
                 lines += [f"![{path.stem}](figures/{path.name})" for path in made if path is not None] + [""]
     if failed:

@@ -41,7 +41,8 @@ from ..training.outdir import claim_output
 from ..training.results import write_csv, write_json
 from .presets import MODELS, RunSpec
 
-__all__ = ["StudyConfig", "Planned", "plan", "run_study", "rebuild_runs_csv", "shell_command", "RUN_COLUMNS", "REPO_ROOT"]
+__all__ = ["StudyConfig", "Planned", "plan", "launch_order", "overview", "run_study", "rebuild_runs_csv",
+           "shell_command", "RUN_COLUMNS", "REPO_ROOT"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # CIFAR-C group means (top-1 %, severities 1-5), when the run was evaluated on the corruptions
@@ -328,17 +329,28 @@ def run_study(specs: Sequence[RunSpec], config: StudyConfig, log=print) -> Dict:
         return _run_study(specs, config, log)
 
 
+def launch_order(planned: Sequence[Planned]) -> List[Planned]:
+    """The runs a study launches, in its order: the unfinished ones, seed-major (every configuration's seed 0 first,
+    so a study stopped part-way has balanced groups)."""
+    return sorted((item for item in planned if item.status != "done"), key=lambda item: item.spec.seed)
+
+
+def overview(planned: Sequence[Planned], config: StudyConfig) -> str:
+    """The line a study starts with, and a dry run prints: how many runs, and what each needs."""
+    todo = launch_order(planned)
+    return (f"{len(planned)} runs: {len(planned) - len(todo)} finished already, "
+            f"{sum(i.status == 'resume' for i in todo)} to resume, {sum(i.status == 'start' for i in todo)} to start"
+            + (f", {sum(i.status == 'evaluate' for i in todo)} to evaluate on CIFAR-C" if config.eval_corruptions
+               else "")
+            + f"; {config.jobs} at a time, {config.threads} thread(s) each")
+
+
 def _run_study(specs: Sequence[RunSpec], config: StudyConfig, log) -> Dict:
     planned = plan(specs, config)
     _recover_records(planned, config, log)
     rebuild_runs_csv(config.out)  # every study file is read now, before any run starts
-    # Seed-major order: every configuration's seed 0 first, so a study stopped part-way has balanced groups.
-    todo = sorted((item for item in planned if item.status != "done"), key=lambda item: item.spec.seed)
-    log(f"{len(planned)} runs: {len(planned) - len(todo)} finished already, "
-        f"{sum(i.status == 'resume' for i in todo)} to resume, {sum(i.status == 'start' for i in todo)} to start"
-        + (f", {sum(i.status == 'evaluate' for i in todo)} to evaluate on CIFAR-C" if config.eval_corruptions else "")
-        + "; "
-        f"{config.jobs} at a time, {config.threads} thread(s) each")
+    todo = launch_order(planned)
+    log(overview(planned, config))
     stop = threading.Event()
     failures, finished, interrupted = [], 0, False
     with _stoppable(), ThreadPoolExecutor(max_workers=config.jobs) as pool:

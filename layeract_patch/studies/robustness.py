@@ -17,6 +17,7 @@ Hendrycks & Dietterich's mCE with the baseline model in AlexNet's place, so belo
 """
 from __future__ import annotations
 
+import time
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 
 from ..corruptions import CORRUPTIONS, GROUPS, SEVERITIES, check_images, check_name_and_severity, corrupt
 from ..corruptions.files import check_labels, cifar_c_paths, load_cifar_c
+from ..training.progress import duration
 
 __all__ = ["evaluate_corruptions", "format_table", "corruption_errors", "check_baseline"]
 
@@ -128,6 +130,7 @@ def evaluate_corruptions(model: nn.Module, images: Tensor, labels: Tensor, mean:
         "amp": bool(amp),
     }
     source_images = images.to(device) if corruptions_dir is None else None
+    start = time.perf_counter()
     for number, name in enumerate(corruptions, 1):
         results["corruptions"][name] = {}
         for severity in severities:
@@ -141,8 +144,11 @@ def evaluate_corruptions(model: nn.Module, images: Tensor, labels: Tensor, mean:
             results["corruptions"][name][str(severity)] = score(bad, bad_labels)
         if progress is not None:
             cells = " ".join(f"{r['top1']:.1f}" for r in results["corruptions"][name].values())
+            elapsed = time.perf_counter() - start
+            left = f", ETA {duration(elapsed / number * (len(corruptions) - number))}" if number < len(corruptions) \
+                else ""
             progress(f"corruption {number}/{len(corruptions)} {name}: top-1 {cells} (severities "
-                     f"{' '.join(map(str, severities))})")
+                     f"{' '.join(map(str, severities))}; {duration(elapsed)} elapsed{left})")
 
     table = results["corruptions"]
     results["corruption_mean"] = {n: sum(r["top1"] for r in table[n].values()) / len(table[n]) for n in table}

@@ -13,28 +13,30 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..corruptions import CORRUPTIONS, SEVERITIES, check_name_and_severity
-from ..training.command import run_command
+from ..training.command import HelpFormatter, run_command
 
 __all__ = ["get_args_parser", "main", "run"]
 
 
 def get_args_parser(add_help: bool = True, prog: Optional[str] = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=prog, add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=prog, add_help=add_help, formatter_class=HelpFormatter,
         description="Accuracy of a trained model under the CIFAR-C corruptions (Hendrycks & Dietterich), per "
                     "corruption and severity, grouped as the LayerAct paper groups them.")
     parser.add_argument("--checkpoint", required=True, type=Path,
                         help="a CIFAR run folder (one seed), its seed_<n>/ folder or the model.pt in it; or a "
                              "fine-tuning run folder (or its checkpoint_finetuned.pt / checkpoint_baseline.pt)")
     parser.add_argument("--data-dir", required=True, type=Path,
-                        help="the data the model was trained on: its test split is corrupted (ImageFolder root "
-                             "with test/ or val/, or a torchvision CIFAR root)")
+                        help="the data the model was trained on: its test split is corrupted (a CIFAR run: the "
+                             "ImageFolder's test/ or the torchvision CIFAR root; a fine-tuning run: the split it "
+                             "evaluated on, val/ or else test/)")
     parser.add_argument("--corruptions-dir", type=Path, default=None,
                         help="the official CIFAR-10-C / CIFAR-100-C folder (<corruption>.npy, labels.npy) to use "
                              "instead of generating the corruptions")
-    parser.add_argument("--corruptions", nargs="+", default=list(CORRUPTIONS), metavar="NAME",
-                        help="which corruptions (default: all 19)")
-    parser.add_argument("--severities", nargs="+", type=int, default=list(SEVERITIES))
+    parser.add_argument("--corruptions", nargs="+", default=None, metavar="NAME",
+                        help=f"which corruptions (default: all {len(CORRUPTIONS)}: {' '.join(CORRUPTIONS)})")
+    parser.add_argument("--severities", nargs="+", type=int, default=list(SEVERITIES), metavar="N",
+                        help="which severities, from 1 (mild) to 5 (severe)")
     parser.add_argument("--baseline", type=Path, default=None,
                         help="results.json of this recipe (or a run's seed_<n>/corruptions.json) for another model "
                              "over the same corruptions and severities: adds CE per corruption and mCE")
@@ -110,10 +112,13 @@ def main(args: argparse.Namespace) -> dict:
     import torch
 
     from ..training.outdir import claim_output
+    from ..training.progress import say
     from ..training.results import write_json
     from .robustness import evaluate_corruptions, format_table
     from .trained_models import load_trained
 
+    # a copy with every default filled in: the caller's namespace stays as it was
+    args = argparse.Namespace(**{**vars(args), "corruptions": list(args.corruptions or CORRUPTIONS)})
     baseline, device = _check_args(args)
     trained = load_trained(args.checkpoint)
     images, labels = trained.test_images(args.data_dir)
@@ -123,6 +128,10 @@ def main(args: argparse.Namespace) -> dict:
         _check_official_size(args.corruptions_dir, args.corruptions[0], images)
         check_labels(args.corruptions_dir, trained.num_classes)
     with claim_output(args.out) as out:
+        severities = sorted(set(args.severities))
+        say(f"evaluating on {len(images)} test images: clean, then {len(args.corruptions)} corruption"
+            f"{'s' if len(args.corruptions) > 1 else ''} x {len(severities)} severit"
+            f"{'ies' if len(severities) > 1 else 'y'}")
         model = trained.model.to(device)
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)

@@ -25,13 +25,15 @@ from torch import Tensor, nn
 from ..monitor import ScaleMonitor, pearson_per_layer
 from ..registry import create_act_layer, get_act_layer
 from ..training import results
-from ..training.data import load_images
+from ..training.data import imagefolder_layout, load_images
 from ..training.distributed import resolve_device
+from ..training.command import install_hint
 from ..training.outdir import check_output_path, claim_output
 from ..training.spine import LoopConfig, Run, fit
 
 __all__ = ["StudyConfig", "StudyData", "check_config", "load_study_data", "make_mlp", "train_and_measure",
-           "run_study", "summarize", "format_table", "write_csv", "plot_correlations", "CSV_COLUMNS"]
+           "run_study", "summarize", "format_table", "write_csv", "plot_correlations", "undefined_panels",
+           "CSV_COLUMNS"]
 
 OUTPUTS = ("correlations.csv", "summary.md", "correlations.png")
 CSV_COLUMNS = ("act", "width", "seed", "layer", "iteration", "epoch", "pearson",
@@ -102,8 +104,9 @@ def check_config(cfg: StudyConfig) -> StudyConfig:
     if cfg.color not in COLORS:
         raise ValueError(f"unknown color mode {cfg.color!r}; choose one of {COLORS}")
     if not Path(cfg.data_dir).expanduser().is_dir() and not cfg.download:
-        raise ValueError(f"data dir {cfg.data_dir!r} does not exist: point --data-dir at an ImageFolder root "
-                         f"(train/<class>/*) or a torchvision MNIST root, or add --download to fetch MNIST there")
+        raise ValueError(f"data dir {cfg.data_dir!r} does not exist: point --data-dir at "
+                         f"{imagefolder_layout(('train',))} or a torchvision MNIST root, or add --download to fetch "
+                         f"MNIST there")
     out = check_output_path(Path(cfg.out))
     earlier = [name for name in OUTPUTS if (out / name).exists()]
     if earlier and not cfg.overwrite:
@@ -122,7 +125,8 @@ def load_study_data(cfg: StudyConfig) -> StudyData:
     """The training split as flat uint8 rows on cfg.device; RGB becomes grayscale unless cfg.color == "rgb"."""
     from torchvision.transforms.v2.functional import rgb_to_grayscale
 
-    images, labels, classes = load_images(cfg.data_dir, cfg.dataset, train=True, download=cfg.download)
+    images, labels, classes = load_images(cfg.data_dir, cfg.dataset, train=True, download=cfg.download,
+                                          splits=("train",))
     n, c, h, w = images.shape
     if c == 3 and cfg.color == "gray":
         images = rgb_to_grayscale(images)
@@ -261,7 +265,21 @@ def format_table(summary: Sequence[dict]) -> str:
         lines.append(f"| {s['act']} | {s['width']} | {s['seeds']} | {s['mean_abs_r']:.3f} | {s['max_abs_r']:.3f} "
                      f"| {s['final_r']:+.3f} | {s['sum_cv']:.4f} | {s['undefined']:.0%} "
                      f"| {s['final_accuracy']:.3f} |")
-    return "\n".join(lines)
+    return "\n".join(lines + ["", UNDEFINED_NOTE])
+
+
+# Why a correlation can be missing: it is the most balanced outcome, not a failure.
+UNDEFINED_NOTE = ("r undefined: the share of measurements (layers x times x seeds) in which every sample's scale sum "
+                  "was the same, so that no correlation exists: perfect balance. LA-HardSiLU's sum is exactly width/2 "
+                  "for every sample while no unit reaches its clamp (the normalized values sum to 0).")
+
+
+def undefined_panels(rows: Sequence[dict]) -> List[Tuple[str, str]]:
+    """(act, layer) pairs whose correlation is undefined at every measurement: their panel has no line to draw."""
+    found = defaultdict(list)
+    for r in rows:
+        found[(r["act"], r["layer"])].append(r["pearson"])
+    return [key for key, values in found.items() if all(math.isnan(v) for v in values)]
 
 
 def plot_correlations(rows: Sequence[dict], path) -> Optional[Path]:
@@ -288,6 +306,10 @@ def plot_correlations(rows: Sequence[dict], path) -> Optional[Path]:
         color = colors(widths.index(width) / max(len(widths) - 1, 1))
         ax.plot(*zip(*sorted(points)), color=color, lw=1, alpha=0.8,
                 label=f"width {width}" if seed == first_seed else None)
+    for act, layer in undefined_panels(rows):
+        ax = axes[acts.index(act)][layers.index(layer)]
+        ax.text(0.5, 0.5, "r undefined throughout:\nevery sample's scale sum\nwas the same (perfect balance)",
+                ha="center", va="center", fontsize=7, transform=ax.transAxes)
     for i, act in enumerate(acts):
         for j, layer in enumerate(layers):
             ax = axes[i][j]
@@ -330,5 +352,5 @@ def _run_study(cfg: StudyConfig, data: StudyData, out: Path, log: Callable[[str]
     log(f"\n{text}")
     plot = plot_correlations(rows, out / "correlations.png")
     log(f"wrote {out / 'correlations.csv'}, {out / 'summary.md'}"
-        + (f", {plot}" if plot else " (no plot: matplotlib is not installed)"))
+        + (f", {plot}" if plot else f" (no plot: {install_hint('matplotlib')})"))
     return rows

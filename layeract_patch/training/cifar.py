@@ -29,7 +29,9 @@ from .checkpoint import check_resume, flag, load_checkpoint, save_checkpoint
 from .data import data_source, dataset_stats, load_images, stratified_split
 from .distributed import DistInfo, barrier, broadcast_buffers, init_distributed, resolve_device
 from .metrics import evaluate
+from .command import install_hint
 from .outdir import check_output_path
+from .progress import say
 from .results import format_summary, plot_losses, summarize, write_csv, write_json
 from .spine import CHECKPOINT_FORMAT, LoopConfig, Run, fit
 
@@ -40,6 +42,8 @@ __all__ = ["CifarConfig", "resolve", "Plan", "prepare", "train", "train_seed", "
 # evaluation happens after training, so a finished run may be resumed just to add it.
 RUN_ONLY = ("out", "resume", "device", "seeds", "download", "eval_batch_size", "compile", "eval_corruptions",
             "corruptions", "corruption_severities")
+# Settings that choose torchvision's data: an ImageFolder run never used them, and its results.json leaves them out.
+TORCHVISION_ONLY = ("dataset", "download")
 # Settings a resumed run may raise: applied, and recorded in the results ("extensions").
 EXTENDABLE = ("max_iter",)
 INITS = ("he", "torch")
@@ -66,7 +70,7 @@ class CifarConfig:
     batch_size: int = 128
     val_fraction: float = 0.1
     eval_every: int = 1000
-    log_every: int = 100
+    log_every: Optional[int] = None  # None: 100, and for runs under 2,500 iterations max_iter // 25 (25+ points a curve)
     eval_batch_size: int = 1000
     seeds: Tuple[int, ...] = (0,)
     device: str = "auto"
@@ -102,7 +106,8 @@ class CifarConfig:
 
 
 def resolve(cfg: CifarConfig) -> CifarConfig:
-    """ValueError naming the bad setting and its fix; else a copy with lr, milestones and out filled in. Pure."""
+    """ValueError naming the bad setting and its fix; else a copy with lr, milestones, log_every and out filled in.
+    Pure."""
     from ..models.layers import check_norm
 
     get_act_layer(cfg.act)
@@ -111,6 +116,8 @@ def resolve(cfg: CifarConfig) -> CifarConfig:
         raise ValueError(f"--depth must be 6n+2 (20, 32, 44, 56, 110), got {cfg.depth}")
     if cfg.init not in INITS:
         raise ValueError(f"--init must be one of {', '.join(INITS)}, got {cfg.init!r}")
+    if cfg.log_every is None:  # a short run's loss curve gets 25 points or more, not two
+        cfg = replace(cfg, log_every=min(100, max(1, cfg.max_iter // 25)))
     for key in ("max_iter", "batch_size", "eval_every", "log_every", "eval_batch_size"):
         if getattr(cfg, key) <= 0:
             raise ValueError(f"{flag(key)} must be positive, got {getattr(cfg, key)}")
@@ -180,7 +187,7 @@ def seed_dir(out, seed: int) -> Path:
     return Path(out) / f"seed_{seed}"
 
 
-def prepare(cfg: CifarConfig, explicit_milestones: bool = True) -> Plan:
+def prepare(cfg: CifarConfig, explicit_milestones: bool = True, explicit_log_every: bool = True) -> Plan:
     """Check what resuming would do, load the data onto the device; ValueError / FileNotFoundError on bad input.
 
     `cfg` is resolved (see `resolve`). With `explicit_milestones` False (the user gave none) a resumed run
@@ -190,7 +197,7 @@ def prepare(cfg: CifarConfig, explicit_milestones: bool = True) -> Plan:
     dist = init_distributed(device.type)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
-    cfg, saved, extensions = _check_resumable(cfg, explicit_milestones)
+    cfg, saved, extensions = _check_resumable(cfg, explicit_milestones, explicit_log_every)
 
     # Under torchrun rank 0 loads first, so only it downloads a missing data set.
     if not dist.is_main:
@@ -238,7 +245,7 @@ def build_model(arch: dict) -> nn.Module:
     return builder(**options)
 
 
-def _check_resumable(cfg: CifarConfig, explicit_milestones: bool):
+def _check_resumable(cfg: CifarConfig, explicit_milestones: bool, explicit_log_every: bool = True):
     """Refuse before any work: a run in --out without --resume, --resume with nothing to resume, changed settings."""
     paths = [seed_dir(cfg.out, seed) / "checkpoint.pt" for seed in cfg.seeds]
     found = [path for path in paths if path.is_file()]
@@ -256,6 +263,8 @@ def _check_resumable(cfg: CifarConfig, explicit_milestones: bool):
         settings = state["settings"]
         if not explicit_milestones and cfg.max_iter >= settings.get("max_iter", 0) and "milestones" in settings:
             cfg = replace(cfg, milestones=tuple(settings["milestones"]))  # keep the schedule that ran
+        if not explicit_log_every and "log_every" in settings:
+            cfg = replace(cfg, log_every=settings["log_every"])  # and its log, which a longer --max-iter would move
         extensions = check_resume(settings, cfg.settings(), path, EXTENDABLE, keys=list(cfg.settings()))
         saved.append((path, settings))
     return cfg, saved, extensions
@@ -278,7 +287,8 @@ def train(plan: Plan) -> Dict:
         "summary": summary,
         "runs": [{key: run[key] for key in ("seed", "iterations", "best_iteration", "val", "test", "params",
                                             "train_seconds", "seconds_per_iter")} for run in runs],
-        "args": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
+        "args": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()
+                 if not (k in TORCHVISION_ONLY and data.source.startswith("imagefolder:"))},
     }
     if dist.is_main:
         out = Path(cfg.out)
@@ -299,7 +309,8 @@ def train(plan: Plan) -> Dict:
             print(f"corrupted test top1, mean of {len(cfg.seeds)} seed{'s' if len(cfg.seeds) > 1 else ''}: "
                   + ", ".join(f"{group} {value:.2f}" for group, value in means.items())
                   + f" (clean {found['clean']:.2f}; per corruption in seed_<n>/corruptions.json)")
-        print(f"results in {out / 'results.json'}" + (f", loss curves in {plot}" if plot else ""))
+        print(f"results in {out / 'results.json'}" + (f", loss curves in {plot}" if plot else
+                                                      f" (no loss-curve plot: {install_hint('matplotlib')})"))
     return results
 
 
@@ -360,6 +371,9 @@ def train_seed(plan: Plan, seed: int) -> Dict:
                       f"(best {best['top1']:.2f} at {best['iteration']})", file=sys.stderr)
         history.append(row)
 
+    if dist.is_main and len(val_images) and run.step < cfg.max_iter:
+        say(f"seed {seed}: validating every {min(cfg.eval_every, cfg.max_iter)} iterations on {len(val_images)} "
+            f"held-out training images")
     loop = LoopConfig(cfg.max_iter, cfg.log_every, cfg.eval_every, checkpoint=ckpt_path,
                       amp_dtype=torch.bfloat16 if cfg.amp else None, desc=f"seed {seed}",
                       diverged_hint="lower --lr (the paper uses 0.01 without normalization) or use --norm bn")
@@ -370,6 +384,10 @@ def train_seed(plan: Plan, seed: int) -> Dict:
     if best["model"] is not None:
         model.load_state_dict(best["model"])
     broadcast_buffers(model, dist)
+    if dist.is_main:
+        which = f"the best-validation weights (iteration {best['iteration']})" if best["model"] is not None else \
+            "the last weights"
+        say(f"seed {seed}: testing {which} on {len(data.test_images)} test images")
     test = evaluate(model, data.test_images, data.test_labels, **eval_kwargs)
     test.pop("count")
     results = {

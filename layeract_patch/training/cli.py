@@ -14,19 +14,12 @@ from ..registry import ACTIVATIONS
 from .cifar import INITS, CifarConfig, prepare, resolve, train
 from .distributed import cleanup_distributed
 from .outdir import claim_output
-from .command import run_command
+from .command import HelpFormatter, run_command
+from .data import imagefolder_layout
 
 __all__ = ["get_args_parser", "main", "run", "config_from_args", "MODEL_CHOICES"]
 
 MODEL_CHOICES = ("cifar_resnet", "layeract_cnn")
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    # Show defaults, except None/False ones whose help text already says what happens.
-    def _get_help_string(self, action):
-        if action.default in (None, False):
-            return action.help
-        return super()._get_help_string(action)
 
 
 def get_args_parser(model: str = "cifar_resnet", add_help: bool = True,
@@ -37,7 +30,7 @@ def get_args_parser(model: str = "cifar_resnet", add_help: bool = True,
         raise ValueError(f"unknown model {model!r}; choose one of: {', '.join(MODEL_CHOICES)}")
     what = "a CIFAR ResNet (He et al. 2016)" if model == "cifar_resnet" else "the LayerAct paper's CNN"
     parser = argparse.ArgumentParser(prog=prog, description=f"Train {what} with the LayerAct paper's schedule.",
-                                     add_help=add_help, formatter_class=_HelpFormatter)
+                                     add_help=add_help, formatter_class=HelpFormatter)
     parser.set_defaults(model=model)
     if model == "cifar_resnet":
         parser.add_argument("--depth", type=int, default=20, help="6n+2: 20, 32, 44, 56, 110")
@@ -51,8 +44,9 @@ def get_args_parser(model: str = "cifar_resnet", add_help: bool = True,
     parser.add_argument("--dataset", default="cifar10", choices=("cifar10", "cifar100"),
                         help="which torchvision data set (and mean/std) when --data-dir is not an ImageFolder")
     parser.add_argument("--data-dir", default="data", type=Path,
-                        help="torchvision CIFAR root (downloaded there when missing), or an ImageFolder root "
-                             "with train/<class>/ and test/<class>/ (normalised with its training split's mean/std)")
+                        help=f"torchvision CIFAR root (downloaded there when missing), or {imagefolder_layout()} "
+                             f"(normalised with its training split's mean/std; validation images are held out of "
+                             f"train/, so a val/ folder is not read)")
     parser.add_argument("--no-download", action="store_true", help="never download; fail when the data is missing")
     parser.add_argument("--max-iter", type=int, default=64000,
                         help="training iterations (optimizer steps); with --resume a larger value extends the run")
@@ -66,7 +60,9 @@ def get_args_parser(model: str = "cifar_resnet", add_help: bool = True,
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="share of each class held out for validation (0: test the last weights)")
     parser.add_argument("--eval-every", type=int, default=1000, help="validate and checkpoint every N iterations")
-    parser.add_argument("--log-every", type=int, default=100, help="record the training loss every N iterations")
+    parser.add_argument("--log-every", type=int, default=None,
+                        help="record the training loss every N iterations (default 100; max-iter / 25 for runs "
+                             "under 2500 iterations, so their loss curves get 25 points)")
     parser.add_argument("--eval-batch-size", type=int, default=1000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="several seeds run one after another")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -100,7 +96,8 @@ def main(args: argparse.Namespace) -> Dict:
     cfg = config_from_args(args)
     try:
         with _claim(cfg):
-            return train(prepare(cfg, explicit_milestones=args.milestones is not None))
+            return train(prepare(cfg, explicit_milestones=args.milestones is not None,
+                                 explicit_log_every=args.log_every is not None))
     finally:
         cleanup_distributed()
 

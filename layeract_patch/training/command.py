@@ -9,10 +9,36 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
+import shlex
 import sys
 from typing import Any, Callable, Optional, Sequence
 
-__all__ = ["run_command"]
+__all__ = ["run_command", "python_command", "install_hint", "HelpFormatter"]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each default, except None/False ones, whose help text says what happens instead."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def python_command() -> str:
+    """This Python as a person should type it to run a command we print: `.venv/bin/python` from the repository
+    root (relative when it lies under the working folder, so the line works without an activated venv)."""
+    path = sys.executable or "python3"
+    relative = os.path.relpath(path)
+    if relative.startswith(".."):
+        return shlex.quote(path)
+    return shlex.quote(relative if os.sep in relative else os.path.join(".", relative))  # never a bare name: PATH
+
+
+def install_hint(package: str) -> str:
+    """The command that installs an optional `package` into this Python, as it can be pasted."""
+    return f"{python_command()} -m pip install {package}"
 
 
 def run_command(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], Any],

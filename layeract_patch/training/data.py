@@ -1,5 +1,10 @@
 """Whole image data sets as one uint8 tensor: torchvision CIFAR/MNIST roots or an ImageFolder with train/ and test/.
 
+The ImageFolder rule, for every recipe: `train/<class>/<image>` is trained on and `test/<class>/<image>` is
+tested on, with the same class folders. The CIFAR recipes hold their validation images out of train/
+(--val-fraction), so a `val/` folder is never their test set; fine-tuning (folders.py) evaluates on `val/`
+when there is one, else on `test/`, and records which.
+
 Decoding happens once, up front; the training loop then indexes and augments whole batches on the
 device (see augment.py), as airbench does, instead of running PIL transforms per image per epoch.
 
@@ -17,10 +22,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .progress import Progress
+
 __all__ = ["DATASETS", "DATASET_STATS", "load_images", "stratified_split", "find_imagefolder", "is_imagefolder",
            "data_source", "dataset_stats", "open_image", "check_mode"]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+LOAD_DELAY = 2.0  # seconds of decoding before progress is shown: small folders load without a word
 
 # Per-channel mean/std of each training set, in [0, 1] units (the usual published values).
 DATASET_STATS = {
@@ -40,15 +48,20 @@ _CIFAR_LAYOUT = {
 Images = Tuple[Tensor, Tensor, List[str]]
 
 
+def imagefolder_layout(splits: Sequence[str] = ("train", "test")) -> str:
+    """The ImageFolder layout a recipe reads, in its help and its errors: `splits` are the folders it needs."""
+    return "an ImageFolder root with " + " and ".join(f"{split}/<class>/<image>" for split in splits)
+
+
 def load_images(data_dir, dataset: str = "cifar10", train: bool = True, download: bool = True,
-                image_size: Optional[int] = None) -> Images:
+                image_size: Optional[int] = None, splits: Sequence[str] = ("train", "test")) -> Images:
     """Load one split as (images uint8 [N, C, H, W], labels int64 [N], class names).
 
-    `data_dir` is either an ImageFolder root (`train/<class>/*.jpg` and `test/<class>/*.jpg`, or `val/`
-    for the held-out split; grayscale images give C=1) or a torchvision root for `dataset`
-    (cifar10, cifar100, mnist), which is downloaded there when missing and `download` is set.
-    `image_size` resizes every image to a square of that side (needed when an ImageFolder's images
-    differ in size).
+    `data_dir` is either an ImageFolder root (`train/<class>/*.jpg` and `test/<class>/*.jpg`; grayscale
+    images give C=1) or a torchvision root for `dataset` (cifar10, cifar100, mnist), which is downloaded
+    there when missing and `download` is set. `image_size` resizes every image to a square of that side
+    (needed when an ImageFolder's images differ in size). `splits` names the folders the caller reads, for
+    the messages (a recipe that only trains reads train/ only).
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
@@ -57,13 +70,17 @@ def load_images(data_dir, dataset: str = "cifar10", train: bool = True, download
     if folder is None and is_imagefolder(root):
         # Never fall through to torchvision: it would download CIFAR into the user's folder and
         # then train or test on a data set other than theirs.
-        missing = "train/" if train else "test/ (or val/)"
+        if not train and (root / "val").is_dir():
+            raise FileNotFoundError(f"data dir {str(root)!r} has val/ but no test/: the CIFAR recipes test on test/ "
+                                    f"(their validation images are held out of train/, --val-fraction); rename val/ "
+                                    f"to test/ if it holds the images to test on")
+        missing = "train/" if train else "test/"
         raise FileNotFoundError(f"data dir {str(root)!r} looks like an ImageFolder root but has no {missing} with "
                                 f"class folders; add {root / ('train' if train else 'test')}/<class>/<image>")
     if folder is not None:
         images, labels, classes = _load_imagefolder(root, folder, image_size)
     else:
-        images, labels, classes = _load_torchvision(root, dataset, train, download)
+        images, labels, classes = _load_torchvision(root, dataset, train, download, splits)
         if image_size is not None and tuple(images.shape[-2:]) != (image_size, image_size):
             images = _resize(images, image_size)
     return images, labels, classes
@@ -97,13 +114,9 @@ def data_source(data_dir, dataset: str) -> str:
 
 
 def find_imagefolder(root: Path, train: bool) -> Optional[Path]:
-    """The split folder of an ImageFolder root (train/, or test/ then val/), None if `root` is not one."""
-    names = ("train",) if train else ("test", "val")
-    for name in names:
-        split = Path(root) / name
-        if split.is_dir() and any(child.is_dir() for child in split.iterdir()):
-            return split
-    return None
+    """The split folder of an ImageFolder root (train/ or test/), None if `root` has none with class folders."""
+    split = Path(root) / ("train" if train else "test")
+    return split if split.is_dir() and any(child.is_dir() for child in split.iterdir()) else None
 
 
 def _load_imagefolder(root: Path, split: Path, image_size: Optional[int]) -> Images:
@@ -125,7 +138,12 @@ def _load_imagefolder(root: Path, split: Path, image_size: Optional[int]) -> Ima
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMG_EXTENSIONS)}) under {str(split)!r}; expected "
                                 f"{split}/<class>/<image>")
-    decoded = [_decode(path) for path in files]
+    decoded = []
+    # Decoding 60,000 JPEGs takes half a minute: past LOAD_DELAY seconds, progress says so, with an ETA.
+    with Progress(len(files), desc=f"loading {split}", delay=LOAD_DELAY) as progress:
+        for number, path in enumerate(files, 1):
+            decoded.append(_decode(path))
+            progress.update(number, images=1)
     channels = 3 if any(img.shape[0] == 3 for img in decoded) else 1
     decoded = [img.expand(channels, -1, -1) if img.shape[0] != channels else img for img in decoded]
     if image_size is not None:
@@ -187,12 +205,11 @@ def _resize(images: Tensor, size: int) -> Tensor:
     return resized.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def _load_torchvision(root: Path, dataset: str, train: bool, download: bool) -> Images:
+def _load_torchvision(root: Path, dataset: str, train: bool, download: bool, splits: Sequence[str]) -> Images:
     present = _cifar_present(root, dataset, train) if dataset in _CIFAR_LAYOUT else _mnist_present(root)
     if not present:
         what = (f"{_CIFAR_LAYOUT[dataset][0]}/" if dataset in _CIFAR_LAYOUT else "MNIST/raw/")
-        expected = (f"expected an ImageFolder root with train/<class>/ and test/<class>/, or a torchvision "
-                    f"{dataset} root holding {what}")
+        expected = f"expected {imagefolder_layout(splits)}, or a torchvision {dataset} root holding {what}"
         if not download:
             state = "does not exist" if not root.exists() else "holds no usable data"
             raise FileNotFoundError(f"data dir {str(root)!r} {state}; {expected}")
@@ -206,11 +223,15 @@ def _download(root: Path, dataset: str, expected: str) -> None:
     import torchvision.datasets as tvd
 
     cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "mnist": tvd.MNIST}[dataset]
+    made = [folder for folder in (root, *root.parents) if not folder.exists()]
     try:
         root.mkdir(parents=True, exist_ok=True)
         cls(str(root), train=True, download=True)
         cls(str(root), train=False, download=True)
     except (OSError, RuntimeError) as err:  # URLError is an OSError; torchvision raises RuntimeError on bad md5
+        for folder in made:  # deepest first: a failed download leaves no empty data/ behind
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         raise FileNotFoundError(f"no {dataset} data in {str(root)!r} and downloading it failed "
                                 f"({type(err).__name__}: {err}); without a network, copy the data there first "
                                 f"({expected})") from err

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import check_resume, flag, load_checkpoint
+from .checkpoint import check_resume, flag, load_checkpoint, save_checkpoint
 from .distributed import resolve_device
 from .folders import EpochOrder, SeededDraws, check_images, image_folders
 from .metrics import batch_scores, summarize_scores
@@ -160,9 +160,10 @@ def finetune(model: nn.Module, train_set: Dataset, *, iterations: int, batch_siz
              stream: Optional[TextIO] = None) -> List[dict]:
     """Train `model` (already on `device`) for `iterations` steps with the spine's loop; returns its loss log.
 
-    With `checkpoint`, the full training state is saved there atomically every `save_every` steps, at
-    the end, and when Ctrl-C stops the run (which then raises KeyboardInterrupt); `resume` continues from
-    it, to the same weights as an uninterrupted run. `settings` are stored with it and must match on resume.
+    With `checkpoint`, the full training state is saved there atomically every `save_every` steps and when
+    Ctrl-C stops the run (which then raises KeyboardInterrupt); `resume` continues from it, to the same weights
+    as an uninterrupted run. At the end only the weights and the loss log are kept there (`"finished": True`).
+    `settings` are stored with it and must match on resume.
     """
     optimizer = build_optimizer(model, opt, lr, weight_decay, momentum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup_iters, iterations))
@@ -176,6 +177,9 @@ def finetune(model: nn.Module, train_set: Dataset, *, iterations: int, batch_siz
             raise ValueError(f"{str(checkpoint)!r} was written by another version of this package; continue it with "
                              f"that version, or choose another --out")
         check_resume(state["settings"], run.settings, checkpoint)
+        if state.get("finished"):  # the run had ended: only its weights and log were kept
+            model.load_state_dict(state["model"])
+            return state["train_log"]
         run.load_state_dict(state)
     if run.step >= iterations:
         return run.train_log
@@ -190,9 +194,14 @@ def finetune(model: nn.Module, train_set: Dataset, *, iterations: int, batch_siz
         return _to_device(images, targets, device, channels_last)
 
     loop = LoopConfig(iterations, log_every=max(1, iterations // 100), save_every=save_every, checkpoint=checkpoint,
-                      amp_dtype=amp_dtype, desc=desc, stream=stream,
+                      final_checkpoint=False, amp_dtype=amp_dtype, desc=desc, stream=stream,
                       diverged_hint=f"lower --lr (now {lr:g}) or turn off --amp")
     fit(run, batches, loop, loss_fn=lambda output, targets: criterion(logits_of(output).float(), targets))
+    if checkpoint is not None:
+        # A finished run keeps its weights (for eval_corruptions.py) and log: its optimizer state, twice the model
+        # for AdamW, is of no use once the run has ended.
+        save_checkpoint({"format": CHECKPOINT_FORMAT, "finished": True, "step": run.step, "model": model.state_dict(),
+                         "settings": run.settings, "train_log": run.train_log}, checkpoint)
     return run.train_log
 
 
@@ -352,6 +361,8 @@ def _run(cfg: FinetuneConfig, out: Path, stream: TextIO) -> dict:
 
     def measure(key: str, net: nn.Module) -> None:
         if key not in results:
+            print(f"{key}: evaluating on the {len(eval_set)} images of {Path(eval_set.root).name}/", file=stream,
+                  flush=True)
             start = time.perf_counter()
             results[key] = evaluate(net, eval_loader, device, amp_dtype, channels_last)
             results["seconds"][f"eval_{key}"] = round(time.perf_counter() - start, 2)
@@ -425,7 +436,8 @@ def format_results(results: dict) -> str:
             continue
         m = results[key]
         delta = "" if reference is None else f"{m['top1'] - reference:+.2f}"
-        lines.append(f"{key:<10} {state:<40} {m['top1']:>7.2f} {m['top5']:>7.2f} {m['loss']:>7.4f} {delta:>7}")
+        top5 = f"{m['top5']:>7.2f}" if "top5" in m else f"{'-':>7}"  # 5 classes or fewer: no top-5
+        lines.append(f"{key:<10} {state:<40} {m['top1']:>7.2f} {top5} {m['loss']:>7.4f} {delta:>7}")
     if results.get("new_head"):
         lines.append(f"(new {results['classes']}-class head: original and converted are before any training)")
     return "\n".join(lines)

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset, Sampler
 
 from .batches import derive_seed
 from .data import check_mode, find_imagefolder, open_image
+from .progress import Progress
 
 __all__ = ["image_folders", "check_images", "SeededDraws", "EpochOrder"]
 
@@ -133,8 +134,12 @@ def check_images(*datasets) -> None:
     """
     from PIL import Image
 
-    for dataset in datasets:
-        for path, _ in dataset.samples:
+    from . import data  # LOAD_DELAY read at call time, so a test can lower it
+
+    paths = [path for dataset in datasets for path, _ in dataset.samples]
+    with Progress(len(paths), desc="checking images", delay=data.LOAD_DELAY) as progress:
+        for number, path in enumerate(paths, 1):
+            progress.update(number, images=1)
             try:
                 with Image.open(path) as image:
                     image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))

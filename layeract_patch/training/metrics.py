@@ -19,7 +19,8 @@ __all__ = ["evaluate", "batch_scores", "summarize_scores"]
 def evaluate(model: nn.Module, images: Tensor, labels: Tensor, mean: Sequence[float], std: Sequence[float],
              batch_size: int = 1000, amp: bool = False, channels_last: bool = False,
              dist: DistInfo = DistInfo()) -> Dict[str, float]:
-    """{"top1", "top5", "loss", "loss_std", "count"} of `model` (in eval mode) on uint8 `images`.
+    """{"top1", "top5", "loss", "loss_std", "count"} of `model` (in eval mode) on uint8 `images` (no top5 for 5
+    classes or fewer).
 
     `loss_std` is the population standard deviation of the per-sample cross-entropy (the paper's
     Table 5). Under DDP each rank scores every world_size-th image and the sums are all-reduced.
@@ -46,19 +47,27 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, mean: Sequence[fl
 
 
 def batch_scores(logits: Tensor, target: Tensor) -> Tensor:
-    """float64 [loss sum, squared-loss sum, top-1 hits, top-5 hits, count] of one batch, to add up over batches."""
+    """float64 [loss sum, squared-loss sum, top-1 hits, top-5 hits, count] of one batch, to add up over batches.
+
+    With 5 classes or fewer every label is among the top 5: the top-5 hits are NaN, and the summary leaves
+    top-5 out rather than report a 100% that measures nothing."""
     losses = F.cross_entropy(logits.float(), target, reduction="none").double()
     hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == target[:, None]
-    return torch.stack([losses.sum(), losses.square().sum(), hits[:, 0].sum().double(),
-                        hits.any(dim=1).sum().double(), losses.new_tensor(len(target))])
+    top5 = hits.any(dim=1).sum().double() if logits.shape[1] > 5 else losses.new_tensor(math.nan)
+    return torch.stack([losses.sum(), losses.square().sum(), hits[:, 0].sum().double(), top5,
+                        losses.new_tensor(len(target))])
 
 
 def summarize_scores(totals: Tensor, empty_message: str) -> Dict[str, float]:
-    """{"top1", "top5" (percent), "loss", "loss_std", "count"} from summed `batch_scores`."""
+    """{"top1", "top5" (percent; absent for 5 classes or fewer), "loss", "loss_std", "count"} from summed
+    `batch_scores`."""
     loss_sum, loss_sq, top1, top5, count = totals.tolist()
     if count == 0:
         raise ValueError(empty_message)
     mean_loss = loss_sum / count
-    return {"top1": 100.0 * top1 / count, "top5": 100.0 * top5 / count, "loss": mean_loss,
-            "loss_std": math.sqrt(max(loss_sq / count - mean_loss ** 2, 0.0)), "count": int(count)}
+    scores = {"top1": 100.0 * top1 / count, "top5": 100.0 * top5 / count, "loss": mean_loss,
+              "loss_std": math.sqrt(max(loss_sq / count - mean_loss ** 2, 0.0)), "count": int(count)}
+    if math.isnan(top5):
+        del scores["top5"]
+    return scores
 

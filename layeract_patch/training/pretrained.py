@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import socket
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -71,7 +75,8 @@ def _build(library: str, name: str, pretrained: bool, kwargs: dict) -> nn.Module
             raise ValueError(f"unknown timm model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
         if pretrained and not timm.is_model_pretrained(name):
             raise ValueError(f"timm has no pretrained weights for {name!r}; pass a local file with --weights PATH")
-        return _download(lambda: timm.create_model(name, pretrained=pretrained, **kwargs), f"timm/{name}")
+        return _download(lambda: timm.create_model(name, pretrained=pretrained, **kwargs), f"timm/{name}",
+                         _weights_source(library, name) if pretrained else None)
     import torchvision
 
     if name not in torchvision.models.list_models(torchvision.models):
@@ -79,17 +84,86 @@ def _build(library: str, name: str, pretrained: bool, kwargs: dict) -> nn.Module
         raise ValueError(f"unknown torchvision classification model {name!r}"
                          + (f"; similar: {', '.join(close)}" if close else ""))
     weights = "DEFAULT" if pretrained else None
-    return _download(lambda: torchvision.models.get_model(name, weights=weights, **kwargs), f"torchvision/{name}")
+    return _download(lambda: torchvision.models.get_model(name, weights=weights, **kwargs), f"torchvision/{name}",
+                     _weights_source(library, name) if pretrained else None)
 
 
-def _download(build, spec: str) -> nn.Module:
+HUB_TIMEOUT = 3.0  # seconds to wait for the weights' server before saying it cannot be reached
+OFFLINE_FIX = "pass a local state_dict or checkpoint with --weights PATH"
+
+
+def _download(build, spec: str, source: Optional[Tuple[str, bool, bool]] = None) -> nn.Module:
+    """build(), with one error naming the fix when the weights cannot be had. `source`: (URL the pretrained
+    weights come from, whether they are in the local cache, whether the Hugging Face hub serves them)."""
+    if source is not None:
+        _check_reachable(spec, *source)
     try:
         return build()
     except TypeError as err:  # an option the model's factory does not take
         raise ValueError(f"{spec} does not take these options ({err})") from err
     except OSError as err:  # URLError, huggingface_hub's LocalEntryNotFoundError, a full disk
         raise ValueError(f"could not get the pretrained weights of {spec} ({type(err).__name__}: {err}); offline, "
-                         f"pass a local state_dict or checkpoint with --weights PATH") from err
+                         f"{OFFLINE_FIX}") from err
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _check_reachable(spec: str, url: str, cached: bool, hub: bool) -> None:
+    """ValueError at once, naming HF_HUB_OFFLINE=1 and --weights, when the weights would have to come over a
+    network that does not answer: huggingface_hub retries for close to a minute before it gives up. With
+    HF_HUB_OFFLINE=1 nothing is downloaded, for torchvision's weights either: they come from the local cache."""
+    if _offline():
+        if not cached:
+            raise ValueError(f"HF_HUB_OFFLINE is set and the pretrained weights of {spec} are not in the local cache; "
+                             f"{OFFLINE_FIX}, or download them once where a network is reachable")
+        return
+    if cached and not hub:  # torch.hub's cache is read without asking the server
+        return
+    host = urllib.parse.urlparse(url).hostname
+    if host and not _reachable(host):
+        use_cache = "set HF_HUB_OFFLINE=1 to use the copy in the local cache, or " if cached else ""
+        raise ValueError(f"cannot reach {host} (no answer within {HUB_TIMEOUT:g} s) for the pretrained weights of "
+                         f"{spec}; offline, {use_cache}{OFFLINE_FIX} (HF_HUB_OFFLINE=1 makes every download fail at "
+                         f"once)")
+
+
+def _reachable(host: str) -> bool:
+    """Whether `host` answers on port 443 within HUB_TIMEOUT. Behind a proxy only a download can tell: True."""
+    if urllib.request.getproxies().get("https"):
+        return True
+    try:
+        socket.create_connection((host, 443), timeout=HUB_TIMEOUT).close()
+    except OSError:
+        return False
+    return True
+
+
+def _weights_source(library: str, name: str) -> Optional[Tuple[str, bool, bool]]:
+    """(URL, cached, from the Hugging Face hub) of the library's pretrained weights for `name`; None when it
+    cannot be told (then the library's own download runs, and its own error is reported)."""
+    try:
+        if library == "torchvision":
+            import torchvision
+
+            url, hf_repo = torchvision.models.get_model_weights(name).DEFAULT.url, None
+        else:
+            import timm.models
+
+            cfg = timm.models.get_pretrained_cfg(name)
+            url, hf_repo = cfg.url, cfg.hf_hub_id
+        if hf_repo:  # timm takes these from the hub (safetensors first)
+            from huggingface_hub import constants, try_to_load_from_cache
+
+            repo = hf_repo.split("@")[0]
+            cached = any(isinstance(try_to_load_from_cache(repo, file), str)
+                         for file in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
+            return constants.ENDPOINT, cached, True
+        file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urllib.parse.urlparse(url).path)
+        return url, file.is_file(), False
+    except Exception:  # a model or library version this look-up does not know: let the download speak
+        return None
 
 
 def load_weights(path: str) -> Dict[str, Tensor]:

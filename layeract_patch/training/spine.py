@@ -82,6 +82,7 @@ class LoopConfig:
     eval_every: Optional[int] = None  # None: evaluate (and checkpoint) only at the end
     save_every: Optional[int] = None  # extra checkpoints between evaluations
     checkpoint: Optional[Path] = None  # None: no checkpoints, Ctrl-C just stops
+    final_checkpoint: bool = True  # False: the caller keeps its own record of the finished run
     amp_dtype: Optional[torch.dtype] = None
     desc: str = ""
     diverged_hint: str = "lower --lr"
@@ -118,9 +119,11 @@ def fit(run: Run, batches: Batches, loop: LoopConfig, *, on_eval: Optional[Calla
             save_checkpoint(run.state_dict(), loop.checkpoint)
         clock[0] = time.perf_counter()
 
-    progress = Progress(loop.max_iter, desc=loop.desc, stream=loop.stream) if dist.is_main else nullcontext()
+    progress = Progress(loop.max_iter, desc=loop.desc, stream=loop.stream) if dist.is_main else None
+    # Evaluations and checkpoint writes are not training steps: they stay out of the ETA and of images/s.
+    aside = progress.paused if progress is not None else nullcontext
     run.model.train()
-    with GracefulStop(dist, device) as stop, progress:  # the bar's line is ended however the loop ends
+    with GracefulStop(dist, device) as stop, progress or nullcontext():  # the bar's line ends however the loop ends
         while run.step < loop.max_iter:
             inputs, targets = batches(run.step)
             with autocast:
@@ -133,7 +136,7 @@ def fit(run: Run, batches: Batches, loop: LoopConfig, *, on_eval: Optional[Calla
             run.scheduler.step()
             run.step += 1
             window += torch.stack([loss.detach().float(), one])
-            if dist.is_main:
+            if progress is not None:
                 progress.update(run.step, images=len(targets) * dist.world_size, loss=loss.detach(), lr=lr)
 
             evaluating = run.step == loop.max_iter or bool(loop.eval_every and run.step % loop.eval_every == 0)
@@ -142,12 +145,15 @@ def fit(run: Run, batches: Batches, loop: LoopConfig, *, on_eval: Optional[Calla
                 window.zero_()
             if evaluating:
                 lap()
-                if on_eval is not None:
-                    on_eval(run)
-                save()
+                with aside():
+                    if on_eval is not None:
+                        on_eval(run)
+                    if run.step < loop.max_iter or loop.final_checkpoint:
+                        save()
             elif loop.save_every and run.step % loop.save_every == 0:
                 lap()
-                save()
+                with aside():
+                    save()
             if stop.should_stop(run.step):
                 lap()
                 save()
