@@ -1,8 +1,8 @@
 """Train the LayerAct paper's 15-convolution CNN (its Appendix Table 6) on CIFAR with the paper's schedule.
 
-    python recipes/cifar_cnn.py --act la_silu --norm ln --data-dir data --out runs/cnn_la_silu_ln
+    .venv/bin/python recipes/cifar_cnn.py --act la_silu --norm ln --data-dir data --out runs/cnn_la_silu_ln
 
-Every option: python recipes/cifar_cnn.py --help. The training code lives in layeract_patch.training.
+Every option: .venv/bin/python recipes/cifar_cnn.py --help. The training code lives in layeract_patch.training.
 """
 import sys
 from pathlib import Path

@@ -1,9 +1,9 @@
 """Train a CIFAR ResNet (20/32/44/56/110) with LayerAct (or any activation) on the paper's schedule.
 
-    python recipes/cifar_resnet.py --depth 44 --act la_silu --data-dir data --out runs/r44_la_silu
+    .venv/bin/python recipes/cifar_resnet.py --depth 44 --act la_silu --data-dir data --out runs/r44_la_silu
     torchrun --nproc_per_node=4 recipes/cifar_resnet.py --depth 56 --device cuda --amp --channels-last
 
-Every option: python recipes/cifar_resnet.py --help. The training code lives in layeract_patch.training.
+Every option: .venv/bin/python recipes/cifar_resnet.py --help. The training code lives in layeract_patch.training.
 """
 import sys
 from pathlib import Path

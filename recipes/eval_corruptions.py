@@ -1,9 +1,9 @@
 """Evaluate a trained model under the CIFAR-C corruptions (the LayerAct AAAI-2025 paper's robustness tables).
 
-    python recipes/eval_corruptions.py --checkpoint runs/r20_la_silu --data-dir data --out runs/r20_la_silu_c
-    python recipes/eval_corruptions.py --checkpoint runs/r20_silu/seed_0 --data-dir data \\
+    .venv/bin/python recipes/eval_corruptions.py --checkpoint runs/r20_la_silu --data-dir data --out runs/r20_la_silu_c
+    .venv/bin/python recipes/eval_corruptions.py --checkpoint runs/r20_silu/seed_0 --data-dir data \\
         --baseline runs/r20_relu_c/results.json --out runs/r20_silu_c        # adds CE and mCE against ReLU
-    python recipes/eval_corruptions.py --checkpoint runs/ft_resnet18 --data-dir DIR --corruptions fog snow \\
+    .venv/bin/python recipes/eval_corruptions.py --checkpoint runs/ft_resnet18 --data-dir DIR --corruptions fog snow \\
         --severities 3 5 --out runs/ft_resnet18_c
 
 The corruptions are generated on the device from the test split of --data-dir, or read from the

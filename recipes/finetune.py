@@ -1,7 +1,7 @@
 """Fine-tune a pretrained timm / torchvision model with LayerAct activations and report what the swap costs.
 
-    python recipes/finetune.py --model timm/resnet18 --act la_silu --data-dir DIR --epochs 1 --out runs/ft
-    python recipes/finetune.py --model torchvision/mobilenet_v3_small --weights mnv3.pth --data-dir DIR \\
+    .venv/bin/python recipes/finetune.py --model timm/resnet18 --act la_silu --data-dir DIR --epochs 1 --out runs/ft
+    .venv/bin/python recipes/finetune.py --model torchvision/mobilenet_v3_small --weights mnv3.pth --data-dir DIR \\
         --max-iter 500 --img-size 128 --baseline --out runs/ft_tv
 
 DIR is an ImageFolder root with train/<class>/ and val/<class>/ (or test/). Prints the top-1 / top-5 /

@@ -1,9 +1,9 @@
 """Re-measure the LayerAct paper's tables: a grid of recipe runs (resumable) -> runs.csv -> report.md.
 
-    python recipes/reproduce.py --preset cpu --data-dir data/cifar10 --out docs/results/cpu --jobs 2 --threads 1
-    python recipes/reproduce.py --preset paper --data-dir data --device cuda --amp --jobs 8 --out runs/paper
-    python recipes/reproduce.py --preset cpu --acts silu la_silu --seeds 0 1 2 3 4 --dry-run
-    python recipes/reproduce.py --report-only --out docs/results/cpu
+    .venv/bin/python recipes/reproduce.py --preset cpu --amp --data-dir data/cifar10 --out runs/cpu --jobs 2 --threads 1
+    .venv/bin/python recipes/reproduce.py --preset paper --data-dir data --device cuda --amp --jobs 8 --out runs/paper
+    .venv/bin/python recipes/reproduce.py --preset cpu --acts silu la_silu --seeds 0 1 2 3 4 --dry-run
+    .venv/bin/python recipes/reproduce.py --report-only --out runs/cpu
 
 Rerunning the same command continues a study: finished runs are kept, interrupted ones resume from their
 checkpoints. The presets and their schedules: layeract_patch/studies/presets.py.
@@ -83,7 +83,8 @@ def main(args: argparse.Namespace) -> int:
         return 0
     outcome = run_study(specs, config)
     report = build_report(config.out, figures=not args.no_figures) if (config.out / "runs.csv").is_file() else None
-    print(f"runs.csv and {report} in {config.out}" if report else f"no finished run yet in {config.out}")
+    where = args.out or Path("runs") / f"study_{args.preset}"  # as the user named it, not resolved
+    print(f"runs.csv and {report.name} in {where}" if report else f"no finished run yet in {where}")
     if outcome["interrupted"]:
         print("interrupted; run the same command again to continue", file=sys.stderr)
         return 130

@@ -1,12 +1,14 @@
 """The paper's balance study (Sec. 4.1, Fig. 2): per-sample loss vs activation-scale sum in MLPs.
 
-    python recipes/scale_correlation.py --data-dir ~/data/mnist --download --out runs/balance
-    python recipes/scale_correlation.py --data-dir /work/data --widths 20 40 100 \\
-        --acts relu silu la_silu la_hardsilu --seeds 0 1 --max-iter 2000 --eval-samples 10000 --out runs/balance
+    .venv/bin/python recipes/scale_correlation.py --data-dir data/mnist --download --out runs/balance
+    .venv/bin/python recipes/scale_correlation.py --data-dir DIR --widths 20 40 100 \\
+        --acts relu silu la_silu la_hardsilu --seeds 0 1 --max-iter 2000 --eval-samples 10000 --out runs/balance_dir
 
-Writes DIR/correlations.csv (act, width, seed, layer, iteration, pearson, scale-sum spread, ...),
-DIR/summary.md (the printed table) and, when matplotlib is installed, DIR/correlations.png.
-An existing study in DIR is only replaced with --overwrite. The logic lives in
+DIR is an ImageFolder root whose train/<class>/ folders are read (RGB is made grayscale unless --color rgb).
+
+Writes OUT/correlations.csv (OUT: --out; act, width, seed, layer, iteration, pearson, scale-sum spread, ...),
+OUT/summary.md (the printed table) and, when matplotlib is installed, OUT/correlations.png.
+An existing study in OUT is only replaced with --overwrite. The logic lives in
 layeract_patch/studies/scale_correlation.py.
 """
 from __future__ import annotations

@@ -90,6 +90,7 @@ def test_timm_checkpoint_is_converted_finetuned_and_reported(image_root, timm_we
         assert set(results[key]) >= {"top1", "loss", "loss_std"} and "top5" not in results[key]  # 3 classes
         assert 0 <= results[key]["top1"] <= 100 and results[key]["count"] == 12
     assert results["classes"] == 3 and results["new_head"] is False and results["iterations"] == 8
+    assert results["eval_split"] == "val"  # the held-out split the scores are of, by its folder
     assert results["conversion"]["swapped"] > 0 and "baseline" not in results
 
     # "original" is the saved model, unconverted, on timm's own preprocessing for it.

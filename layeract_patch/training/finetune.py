@@ -295,7 +295,8 @@ def run_finetune(config: FinetuneConfig, stream: Optional[TextIO] = None) -> dic
     is written to `out`, which is locked for the run (a second run on it refuses).
 
     results.json: {"original", "converted", "finetuned"[, "baseline"]: {"top1", "top5", "loss", "loss_std", "count"},
-    "settings", "classes", "new_head", "iterations", "conversion", "history", "seconds"}.
+    "settings", "classes", "new_head", "iterations", "eval_split" (val or test: the folder scored), "conversion",
+    "history", "seconds"}.
     """
     cfg = check_config(config)
     with claim_output(Path(cfg.out).expanduser()) as out:
@@ -354,7 +355,8 @@ def _run(cfg: FinetuneConfig, out: Path, stream: TextIO) -> dict:
         raise ValueError(f"--calibrate {cfg.calibrate} asks for more images than the training split's "
                          f"{len(train_set)}; lower it")
     results.update(model=cfg.model, act=cfg.act, weights=cfg.weights or "pretrained", settings=settings,
-                   classes=classes, new_head=new_head, iterations=iterations, batch_size=cfg.batch_size)
+                   classes=classes, new_head=new_head, iterations=iterations, batch_size=cfg.batch_size,
+                   eval_split=Path(eval_set.root).name)  # what every score was measured on: val or test
     results.setdefault("seconds", {})
     eval_loader = DataLoader(eval_set, batch_size=2 * cfg.batch_size, shuffle=False, num_workers=cfg.workers,
                              pin_memory=device.type == "cuda")
