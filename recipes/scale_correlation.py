@@ -21,13 +21,13 @@ from typing import List, Optional, Sequence
 
 from layeract_patch.studies.scale_correlation import COLORS, StudyConfig, check_config, load_study_data, run_study
 from layeract_patch.training.data import imagefolder_layout
-from layeract_patch.training.command import run_command
+from layeract_patch.training.command import HelpFormatter, run_command
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     defaults = StudyConfig(data_dir="")
     p = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n")[0], add_help=add_help,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--data-dir", required=True,
                    help=f"a torchvision MNIST root, or {imagefolder_layout(('train',))} (only train/ is read)")
     p.add_argument("--download", action="store_true", help="download MNIST into --data-dir when it is not there")

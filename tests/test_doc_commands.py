@@ -158,6 +158,28 @@ def test_printed_commands_work_from_where_they_are_printed(tmp_path, monkeypatch
     assert python_command() == shlex.quote(str(tmp_path / "my env" / "python"))  # elsewhere: absolute, quoted
 
 
+def recipe_parsers():
+    import importlib.util
+
+    for script in sorted((ROOT / "recipes").glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"recipe_{script.stem}", script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield script.name, module.get_args_parser()
+
+
+def test_help_states_each_default_once_and_eval_corruptions_explains_every_flag():
+    import argparse
+
+    for name, parser in recipe_parsers():
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            text = formatter._expand_help(action) if action.help else ""
+            assert text.count("default:") <= 1, (name, action.option_strings, text)
+            if name == "eval_corruptions.py" and not isinstance(action, argparse._HelpAction):
+                assert text, (name, action.option_strings)
+
+
 # ---- the chain --------------------------------------------------------------------------------------------------
 
 def make_mnist_root(root: Path, count: int = 20) -> Path:

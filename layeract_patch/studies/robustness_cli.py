@@ -41,7 +41,7 @@ def get_args_parser(add_help: bool = True, prog: Optional[str] = None) -> argpar
                         help="results.json of this recipe (or a run's seed_<n>/corruptions.json) for another model "
                              "over the same corruptions and severities: adds CE per corruption and mCE")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated corruptions")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=256, help="images per evaluated batch")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:<index>")
     parser.add_argument("--amp", action="store_true",
                         help="score under bfloat16 autocast, as a run trained with --amp is tested")
