@@ -158,6 +158,14 @@ def test_printed_commands_work_from_where_they_are_printed(tmp_path, monkeypatch
     assert python_command() == shlex.quote(str(tmp_path / "my env" / "python"))  # elsewhere: absolute, quoted
 
 
+def test_the_demo_docstring_names_its_own_defaults():
+    from layeract_patch import demo
+
+    named = dict(re.findall(r"\[--([\w-]+) (\S+)\]", demo.__doc__))
+    defaults = vars(demo.get_args_parser().parse_args([]))
+    assert named and all(str(defaults[flag.replace("-", "_")]) == value for flag, value in named.items()), named
+
+
 def recipe_parsers():
     import importlib.util
 
