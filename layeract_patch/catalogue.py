@@ -5,7 +5,7 @@ An element-level activation feeds s the input itself (z = y); a LayerAct feeds i
 layer-normalized input (z = n, or w * n + b with an affine). So one record says:
 
     name, aliases       how users and CLIs spell it ("la_silu", "LA-SiLU", ...)
-    scale               the key of its scale function in `functional.SCALES` (the math lives there)
+    scale               the key of its scale function in `_math.SCALES` (the math lives there)
     family              "relu", "smooth", "hard" or "gelu": which LayerAct takes an element activation's place
     layer_act           True for the LayerAct variants
     kernel_code         the integer the C and Triton kernels switch on (LayerAct variants only)
@@ -19,7 +19,7 @@ layer-normalized input (z = n, or w * n + b with an affine). So one record says:
 
 The registry (`get_act_layer`), the converter's default targets and functional-call detection, the
 monitor's scale kinds, timm's names, fine-tuning's `auto` mapping and the kernels all read this table.
-A new LayerAct variant is one record here plus its scale function in `functional.py` (and a kernel code
+A new LayerAct variant is one record here plus its scale function in `_math.py` (and a kernel code
 in the kernels, or it runs on the eager backend).
 
 A LayerAct's forms (LA-GELU's erf and tanh forms) are records of one module with different options. A

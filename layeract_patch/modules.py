@@ -7,7 +7,8 @@ import torch
 from torch import Tensor, nn
 
 from . import catalogue
-from .functional import DEFAULT_ALPHA, check_alpha, layer_act
+from ._math import DEFAULT_ALPHA, check_alpha
+from .functional import layer_act
 
 __all__ = ["LayerAct", "LASiLU", "LAHardSiLU", "LAGELU"]
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .catalogue import element_of
-from .functional import LOW_PRECISION, normalized, scale
+from ._math import LOW_PRECISION, normalized, scale
 from .modules import LayerAct
 
 __all__ = ["ScaleMonitor", "pearson_per_layer", "activation_scale", "scale_kind"]
@@ -51,7 +51,7 @@ def activation_scale(module: nn.Module, y: Tensor) -> Tensor:
     y = y.float() if y.dtype in LOW_PRECISION else y
     if kind != "layer_act":
         return scale(y, kind)
-    # the normalization of functional.la_reference, with the module's own alpha, start_dim and affine
+    # the normalization of _math.la_reference, with the module's own alpha, start_dim and affine
     z = normalized(y, module.start_dim % y.dim(), module.alpha, module.weight, module.bias)
     return scale(z, module.kind)
 

@@ -1,4 +1,4 @@
-"""The package as a whole: light to import, no import cycles in the core."""
+"""The package as a whole: light to import; its imports (lazy ones too) run one way, down the layers."""
 import ast
 import subprocess
 import sys
@@ -21,36 +21,104 @@ def test_import_loads_neither_timm_nor_torchvision():
     assert run.returncode == 0, run.stderr[-3000:]
 
 
-CORE = ("functional", "catalogue", "modules", "registry", "monitor", "timm_compat", "_kernels",
-        "_kernels.layout", "_kernels.op", "_kernels.torch_ops", "_kernels.cpu_kernel", "_kernels.triton_kernel")
+# The layers of the package, lowest first: a module imports only from its own layer or the ones below
+# (the arrows of the design: _math <- _kernels <- functional <- modules <- convert, models <- training
+# <- studies). The catalogue is a leaf beside the math: it names activations and imports nothing.
+LAYERS = (
+    ("_math", "catalogue", "corruptions"),       # the formula, the names, the image corruptions
+    ("_kernels",),                               # the op and its backends (the kernel codes come from the catalogue)
+    ("functional",),                             # the public functions: a thin face over the op
+    ("modules",),                                # LASiLU, LAHardSiLU, LAGELU
+    ("registry", "monitor", "timm_compat"),      # names -> modules, the scale monitor, timm's names
+    ("convert", "models"),                       # swapping activations in a model; the paper's models
+    ("training",),                               # the one training loop and its configs
+    ("studies",),                                # what the paper measures beyond training
+    ("__init__", "demo"),                        # the package's face and its demo
+)
 
 
-def module_level_imports(name):
-    """The package modules `layeract_patch.<name>` imports when it is imported (not inside functions)."""
-    path = PACKAGE / (name.replace(".", "/") + ("/__init__.py" if (PACKAGE / name.replace(".", "/")).is_dir() else ".py"))
-    package = name.split(".")[:-1] if path.name != "__init__.py" else name.split(".")
+def module_name(path):
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def imports_of(name):
+    """Every module of the package that `name` imports: at the top, inside functions, anywhere in the file
+    (a lazy import still ties two modules together). `from .x import y` counts as x.y when y is a module."""
+    path = MODULES[name]
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     found = set()
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.ImportFrom) and node.level:
-            base = package[:len(package) - node.level + 1]
-            target = ".".join(base + ([node.module] if node.module else []))
-            for alias in node.names:
-                sub = f"{target}.{alias.name}".strip(".")
-                found.add(sub if sub in CORE else target)
-    return {m for m in found if m in CORE}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.split(".")[0] == PACKAGE.name)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else []))
+            elif node.module and node.module.split(".")[0] == PACKAGE.name:
+                base = node.module
+            else:
+                continue
+            found.update(f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names)
+    return found
 
 
-def test_the_core_has_no_import_cycles_and_functional_is_a_leaf():
-    graph = {name: module_level_imports(name) for name in CORE}
-    assert graph["functional"] == set()
-    assert "_kernels.torch_ops" not in graph["_kernels.layout"]
-    assert graph["_kernels.cpu_kernel"].isdisjoint({"_kernels.triton_kernel", "_kernels.op"})
-    assert graph["_kernels.triton_kernel"].isdisjoint({"_kernels.cpu_kernel", "_kernels.op"})
+GRAPH = {name: imports_of(name) for name in MODULES}
 
-    def visit(name, path):
-        assert name not in path, f"import cycle: {' -> '.join(path + (name,))}"
-        for nxt in graph[name]:
-            visit(nxt, path + (name,))
 
-    for name in CORE:
-        visit(name, ())
+def part(name):
+    """The top-level part of the package a module belongs to: `_kernels` for layeract_patch._kernels.op."""
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def layer(name):
+    return next(i for i, parts in enumerate(LAYERS) if part(name) in parts)
+
+
+def test_every_part_of_the_package_has_a_layer():
+    named = {p for parts in LAYERS for p in parts}
+    assert {part(name) for name in MODULES} == named
+
+
+def test_the_package_has_no_import_cycle():
+    done, path = set(), []
+
+    def visit(name):
+        assert name not in path, f"import cycle: {' -> '.join(path[path.index(name):] + [name])}"
+        if name in done:
+            return
+        path.append(name)
+        for nxt in sorted(GRAPH[name]):
+            visit(nxt)
+        path.pop()
+        done.add(name)
+
+    for name in sorted(MODULES):
+        visit(name)
+
+
+def test_imports_run_down_the_layers():
+    upward = sorted(f"{a} -> {b}" for a, targets in GRAPH.items() for b in targets if layer(b) > layer(a))
+    assert not upward, "imports that climb a layer (see LAYERS):\n" + "\n".join(upward)
+
+
+def test_the_core_keeps_its_order():
+    assert all(part(b) in ("_math",) for b in GRAPH["layeract_patch._math"]), "_math is the leaf"
+    assert GRAPH["layeract_patch.catalogue"] == set(), "the catalogue names activations and imports nothing"
+    for name in MODULES:
+        if part(name) == "_kernels":  # the op and its backends: the math, and the kernel codes of the catalogue
+            assert {part(b) for b in GRAPH[name]} <= {"_kernels", "_math", "catalogue"}, (name, GRAPH[name])
+    kernels = "layeract_patch._kernels."
+    assert kernels + "torch_ops" not in GRAPH[kernels + "layout"]
+    assert GRAPH[kernels + "cpu_kernel"].isdisjoint({kernels + "triton_kernel", kernels + "op"})
+    assert GRAPH[kernels + "triton_kernel"].isdisjoint({kernels + "cpu_kernel", kernels + "op"})
+    assert kernels + "op" in GRAPH["layeract_patch.functional"]
+
+
+def test_training_never_imports_studies():
+    climbing = sorted(f"{a} -> {b}" for a, targets in GRAPH.items() for b in targets
+                      if part(a) == "training" and part(b) == "studies")
+    assert not climbing, climbing

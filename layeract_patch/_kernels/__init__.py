@@ -1,6 +1,6 @@
 """Choosing the LayerAct implementation that runs: one dispatch for every fast path.
 
-Backends, each checked against `functional.la_reference` in the tests:
+Backends, each checked against `_math.la_reference` in the tests:
   "torch"  eager PyTorch ops; any device (the fallback)
   "cpu"    a fused per-sample C kernel, compiled at first use and cached (CPU tensors)
   "triton" Triton kernels (CUDA tensors)

@@ -12,7 +12,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..functional import LOW_PRECISION
+from .._math import LOW_PRECISION
 
 
 def dense_layout(x: Tensor, start_dim: int) -> Tuple[Tensor, Optional[torch.memory_format]]:

@@ -14,7 +14,7 @@ graph break.
     backward, on CPU), so eager calls skip it;
   - no_grad / inference_mode: the backend's forward alone, no autograd node;
   - jit.trace, ONNX export, torch.func transforms, forward-mode AD (dual tensors) and tensor subclasses
-    (make_fx's fake tensors...): `functional.la_reference`, plain ops that those tools can record, batch,
+    (make_fx's fake tensors...): `_math.la_reference`, plain ops that those tools can record, batch,
     differentiate forward or export (an opaque op cannot be exported to ONNX).
 
 Backward keeps only x and two numbers per sample. When it runs with grad mode on (create_graph=True,
@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.autograd import forward_ad as _forward_ad
 
 from ..catalogue import CATALOGUE
-from ..functional import la_reference
+from .._math import la_reference
 from . import select, torch_ops
 from .layout import channels_last_format, empty_output
 

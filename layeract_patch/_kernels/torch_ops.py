@@ -5,7 +5,7 @@ Runs on any device and dtype. Statistics come from `torch.native_layer_norm` on 
 Only x, mean and rstd are kept for backward; n and the scale are recomputed there.
 
 `backward` is written in differentiable ops, so the op's double backward runs it with
-statistics recomputed from x (`functional.layer_stats`) to differentiate through them too.
+statistics recomputed from x (`_math.layer_stats`) to differentiate through them too.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..functional import channel_view, layer_stats, scale, scale_derivative
+from .._math import channel_view, layer_stats, scale, scale_derivative
 from .layout import as_rows, compute_dtype, stat_view
 
 NAME = "torch"

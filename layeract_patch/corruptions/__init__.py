@@ -41,31 +41,19 @@ Users with the official files use `load_cifar_c` (the recipes' --corruptions-dir
 from __future__ import annotations
 
 import numbers
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict
 
 import torch
 from torch import Tensor
 
 from . import blur, digital, noise, spatter as _spatter, weather
 from ._ops import to_levels
-from .files import SEVERITIES, load_cifar_c
+from .files import load_cifar_c
+from .names import CORRUPTIONS, EXTRA, GROUPS, SEVERITIES, STANDARD, check_name_and_severity
 
 __all__ = ["CORRUPTIONS", "STANDARD", "EXTRA", "GROUPS", "SEVERITIES", "corrupt", "load_cifar_c",
            "check_name_and_severity", "check_seed"]
 
-STANDARD = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
-            "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
-            "jpeg_compression")
-EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
-CORRUPTIONS = STANDARD + EXTRA
-GROUPS: Dict[str, Tuple[str, ...]] = {
-    "Total": CORRUPTIONS,
-    "Noise": ("gaussian_noise", "shot_noise", "impulse_noise"),
-    "Blur": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur"),
-    "Digital": ("contrast", "elastic_transform", "pixelate", "jpeg_compression"),
-    "Weather": ("snow", "frost", "fog", "brightness"),
-    "Extra": EXTRA,
-}
 MIN_SIDE = 16
 
 _FUNCTIONS: Dict[str, Callable] = {
@@ -80,13 +68,6 @@ _FUNCTIONS: Dict[str, Callable] = {
     "saturate": digital.saturate,
 }
 assert set(_FUNCTIONS) == set(CORRUPTIONS)
-
-
-def check_name_and_severity(name, severity) -> None:
-    if not isinstance(name, str) or name not in _FUNCTIONS:
-        raise ValueError(f"unknown corruption {name!r}; valid names: {', '.join(CORRUPTIONS)}")
-    if isinstance(severity, bool) or not isinstance(severity, numbers.Integral) or severity not in SEVERITIES:
-        raise ValueError(f"severity must be one of {SEVERITIES} (an int), got {severity!r}")
 
 
 def check_seed(seed) -> int:

@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-SEVERITIES = (1, 2, 3, 4, 5)
+from .names import SEVERITIES, check_name_and_severity
 
 
 def cifar_c_paths(directory, name: str) -> Tuple[Path, Path]:
@@ -51,8 +51,6 @@ def load_cifar_c(directory, name: str, severity: int) -> Tuple[Tensor, Tensor]:
     """(images uint8 (N, 3, H, W), labels int64 (N,)) of one corruption at one severity from the
     official .npy files. numpy is imported here only: nothing else in the package needs it."""
     import numpy as np
-
-    from . import check_name_and_severity
 
     check_name_and_severity(name, severity)
     image_path, label_path = cifar_c_paths(directory, name)

@@ -1,7 +1,7 @@
 """The command line of recipes/eval_corruptions.py: get_args_parser(), main(args), run(argv).
 
 A trained model (trained_models.load_trained) on the test split of --data-dir under the CIFAR-C
-corruptions (robustness.evaluate_corruptions): `<out>/results.json` and a printed table. Every input
+corruptions (training.robustness.evaluate_corruptions): `<out>/results.json` and a printed table. Every input
 is checked before the evaluation starts; a failed run leaves --out as it found it.
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ def _check_args(args: argparse.Namespace):
     """ValueError / FileNotFoundError naming the flag, before anything is loaded; returns (baseline, device)."""
     from ..training.distributed import resolve_device
     from ..training.outdir import check_output_path
-    from .robustness import check_baseline
+    from ..training.robustness import check_baseline
 
     if not args.corruptions or not args.severities:
         raise ValueError("--corruptions and --severities need at least one value each")
@@ -114,7 +114,7 @@ def main(args: argparse.Namespace) -> dict:
     from ..training.outdir import claim_output
     from ..training.progress import say
     from ..training.results import write_json
-    from .robustness import evaluate_corruptions, format_table
+    from ..training.robustness import evaluate_corruptions, format_corruption_table
     from .trained_models import load_trained
 
     # a copy with every default filled in: the caller's namespace stays as it was
@@ -143,7 +143,7 @@ def main(args: argparse.Namespace) -> dict:
         record = {"model": trained.description, "data_dir": str(args.data_dir), "device": str(device),
                   "baseline": str(args.baseline) if args.baseline is not None else None, **results}
         write_json(record, out / "results.json")
-    print(format_table(results))
+    print(format_corruption_table(results))
     print(f"results in {out / 'results.json'}")
     return record
 

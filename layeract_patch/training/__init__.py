@@ -6,6 +6,7 @@
     batches.py     CIFAR batches drawn and augmented on the device
     data.py        whole data sets as uint8 tensors (torchvision roots, ImageFolders)
     metrics.py     top-1/top-5/loss/loss-std evaluation
+    robustness.py  a model under the CIFAR-C corruptions: per severity, group means, mCE
     results.py     results.json, CSVs, the multi-seed summary, loss curves
     cifar.py, cli.py      the CIFAR recipes (typed config, one run per seed; flags)
     finetune.py, pretrained.py   fine-tuning a timm / torchvision model after conversion

@@ -418,7 +418,7 @@ def evaluate_seeds_on_corruptions(plan: Plan) -> dict:
     run's test set is (bfloat16 autocast with --amp, channels-last with --channels-last);
     recipes/eval_corruptions.py with the same two flags reproduces it."""
     from ..corruptions import CORRUPTIONS
-    from ..studies.robustness import evaluate_corruptions
+    from .robustness import evaluate_corruptions
 
     cfg, data = plan.cfg, plan.data
     summary: dict = {"corruptions": list(cfg.corruptions or CORRUPTIONS),

@@ -2,7 +2,7 @@
 corruptions, per severity, grouped as the paper's appendix tables group them.
 
     results = evaluate_corruptions(model, images, labels, mean, std)   # CIFAR test set, uint8 NCHW
-    print(format_table(results))
+    print(format_corruption_table(results))
 
 The corrupted images are generated on the device (`layeract_patch.corruptions.corrupt`) or read from
 the official CIFAR-10-C / CIFAR-100-C files (`corruptions_dir`). The model sees what it saw in
@@ -25,9 +25,10 @@ from torch import Tensor, nn
 
 from ..corruptions import CORRUPTIONS, GROUPS, SEVERITIES, check_images, check_name_and_severity, corrupt
 from ..corruptions.files import check_labels, cifar_c_paths, load_cifar_c
-from ..training.progress import duration
+from .metrics import evaluate
+from .progress import duration
 
-__all__ = ["evaluate_corruptions", "format_table", "corruption_errors", "check_baseline"]
+__all__ = ["evaluate_corruptions", "format_corruption_table", "corruption_errors", "check_baseline"]
 
 # Corruptions are generated this many images at a time, chunk k seeded with seed * 2**20 + k, so the
 # images do not depend on batch_size (only on seed, the image order and the device).
@@ -78,9 +79,7 @@ def check_baseline(baseline, corruptions, severities):
 
 def _score(model, images, labels, mean, std, batch_size, device, amp, channels_last) -> dict:
     """top-1, loss and per-sample loss spread of uint8 `images` (any device), scored as the training's
-    test evaluation scores (`training.metrics.evaluate`)."""
-    from ..training.metrics import evaluate
-
+    test evaluation scores (`metrics.evaluate`)."""
     found = evaluate(model, images.to(device), labels.to(device), mean, std, batch_size=batch_size, amp=amp,
                      channels_last=channels_last)
     return {"top1": found["top1"], "loss": found["loss"], "loss_std": found["loss_std"]}
@@ -159,7 +158,7 @@ def evaluate_corruptions(model: nn.Module, images: Tensor, labels: Tensor, mean:
     return results
 
 
-def format_table(results: dict) -> str:
+def format_corruption_table(results: dict) -> str:
     """Markdown tables: top-1 per corruption and severity (with CE when a baseline was given), then
     clean accuracy, the group means and mCE."""
     severities = [str(s) for s in results["severities"]]
