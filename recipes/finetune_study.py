@@ -1,8 +1,8 @@
 """Convert trained CIFAR models to LayerAct, plain and calibrated, fine-tune each for several budgets, tabulate.
 
-    python recipes/finetune_study.py --study runs/study_sources --data-dir data/cifar10 --out runs/finetune \\
+    .venv/bin/python recipes/finetune_study.py --study runs/study_sources --data-dir data/cifar10 --out runs/finetune \\
         --table docs/results/finetune
-    python recipes/finetune_study.py --table-only --out runs/finetune --table docs/results/finetune
+    .venv/bin/python recipes/finetune_study.py --table-only --out runs/finetune --table docs/results/finetune
 
 --study is a folder recipes/reproduce.py wrote (its --preset sources trains the ResNet-20s). Rerunning the same
 command continues: finished runs are kept, an interrupted one resumes. The grid and the table are
