@@ -2,6 +2,7 @@
 import argparse
 import importlib.util
 import json
+import math
 import os
 import signal
 import subprocess
@@ -342,11 +343,41 @@ def test_held_out_labels_follow_the_train_class_folders(tmp_path):
         ft.image_folders(tmp_path)
 
 
-def test_schedule_warms_up_then_decays_to_zero():
-    factor = ft.WarmupCosine(warmup=4, total=20)
-    values = [factor(step) for step in range(21)]
-    assert values[0] < values[1] < values[3] < values[4] == 1.0
-    assert all(a >= b for a, b in zip(values[4:], values[5:])) and values[20] == pytest.approx(0.0)
+def warmup_cosine_factor(step, warmup, total):
+    """The schedule as it was written by hand before torch's schedulers ran it (checkpoint format 1)."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@pytest.mark.parametrize("warmup,total", [(0, 20), (1, 20), (4, 20), (20, 20), (30, 10), (0, 1), (50, 1000)])
+def test_schedule_warms_up_then_decays_to_zero_step_by_step(warmup, total):
+    model = nn.Linear(2, 2)
+    optimizer = ft.build_optimizer(model, "sgd", 0.1, 0.0, 0.9)
+    scheduler = ft.warmup_cosine(optimizer, warmup, total)
+    for step in range(total + 1):  # the factor of every step the run takes, and the one after its last
+        assert optimizer.param_groups[0]["lr"] / 0.1 == pytest.approx(warmup_cosine_factor(step, warmup, total),
+                                                                       abs=1e-12), step
+        optimizer.step()
+        scheduler.step()
+
+
+def test_weight_decay_spares_the_1d_parameters():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), LAHardSiLU(affine=True, num_channels=4))
+    groups = ft.build_optimizer(model, "adamw", 1e-3, 0.05, 0.9).param_groups
+    decay = {id(p) for g in groups if g["weight_decay"] == 0.05 for p in g["params"]}
+    assert decay == {id(model[0].weight)}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_a_checkpoint_of_the_old_format_is_refused_with_one_clear_message(tmp_path):
+    from layeract_patch.training.checkpoint import save_checkpoint
+
+    save_checkpoint({"format": 1, "step": 1, "settings": {}}, tmp_path / "checkpoint.pt")  # a LambdaLR's state
+    with pytest.raises(ValueError, match="written by another version of this package"):
+        ft.finetune(nn.Linear(2, 2), [], iterations=2, batch_size=1, opt="sgd", lr=0.1, weight_decay=0.0,
+                    checkpoint=tmp_path / "checkpoint.pt", resume=True)
 
 
 def test_auto_maps_hard_swish_to_la_hardsilu():

@@ -95,7 +95,7 @@ def test_checkpoints_the_recipes_write_still_load(tmp_path):
     model(torch.randn(2, 3)).sum().backward()
     optimizer.step()
     for scheduler in (torch.optim.lr_scheduler.MultiStepLR(optimizer, [1, 2]),
-                      torch.optim.lr_scheduler.LambdaLR(optimizer, ft.WarmupCosine(1, 4))):
+                      ft.warmup_cosine(optimizer, 1, 4)):
         run = Run(model, optimizer, scheduler, settings={"milestones": [1, 2], "data": {"classes": ["a"]}},
                   scaler=torch.amp.GradScaler("cpu"), records={"best": {"top1": float("-inf"), "model": None}})
         save_checkpoint(run.state_dict(), tmp_path / "checkpoint.pt")

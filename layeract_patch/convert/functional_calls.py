@@ -163,19 +163,26 @@ def find_by_tracing(root: nn.Module, leaves: Tuple[type, ...], report: Conversio
 def _free_name(gm: fx.GraphModule, scope: str, base: str) -> str:
     prefix = f"{scope}." if scope else ""
     name, i = f"{prefix}{base}", 0
-    while _find(gm, name) is not None:
+    while _taken(gm, name):
         i += 1
         name = f"{prefix}{base}_{i}"
     return name
 
 
-def _find(root: nn.Module, path: str) -> Any:
-    obj = root
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
+def _taken(root: nn.Module, path: str) -> bool:
+    """Whether `path` already names something (a module, parameter, buffer, method) under `root`."""
+    scope, _, name = path.rpartition(".")
+    try:
+        return getattr(root.get_submodule(scope), name, None) is not None
+    except AttributeError:  # no module at `scope`
+        return False
+
+
+def _submodule(root: nn.Module, path: str) -> Optional[nn.Module]:
+    try:
+        return root.get_submodule(path)
+    except AttributeError:
+        return None
 
 
 def rewrite(root: nn.Module, targets: Targets, report: ConversionReport) -> Tuple[nn.Module, Dict[int, Any]]:
@@ -229,7 +236,7 @@ def rewrite(root: nn.Module, targets: Targets, report: ConversionReport) -> Tupl
     gm.recompile()
     gm.training = root.training
     lost = [n for n, m in root.named_modules() if m is not root and any(getattr(m, a) for a in _HOOK_ATTRS)
-            and _find(gm, n) is not m]
+            and _submodule(gm, n) is not m]
     report.notes.append(f"functional='convert' made the root a torch.fx GraphModule ({type(root).__name__}'s own "
                         f"methods, e.g. forward_features / reset_classifier, are gone; control flow was fixed at "
                         f"trace time in {'train' if root.training else 'eval'} mode)")

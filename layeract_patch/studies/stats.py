@@ -2,11 +2,15 @@
 
 The t distribution's CDF comes from the regularized incomplete beta function, evaluated with its continued
 fraction (modified Lentz; Numerical Recipes 6.4): for t and df degrees of freedom,
-P(|T| > |t|) = I_x(df/2, 1/2) with x = df / (df + t^2).
+P(|T| > |t|) = I_x(df/2, 1/2) with x = df / (df + t^2). It stays written out here rather than taken from scipy:
+the report needs these few functions only, and scipy would be one more dependency (or an optional extra whose
+absence changes the report); tests/test_reproduce.py checks them against tabulated values. Means and standard
+deviations are the standard library's `statistics`.
 """
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
@@ -16,16 +20,12 @@ __all__ = ["mean", "sample_std", "betainc", "t_cdf", "t_two_sided_p", "t_quantil
 _TINY = 1e-300
 
 
-def mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values)
+mean = statistics.fmean
 
 
 def sample_std(values: Sequence[float]) -> float:
-    """Standard deviation with n - 1 (0 for a single value)."""
-    if len(values) < 2:
-        return 0.0
-    m = mean(values)
-    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+    """Standard deviation with n - 1 (0 for a single value, where `statistics.stdev` has none)."""
+    return statistics.stdev(values) if len(values) >= 2 else 0.0
 
 
 def _beta_continued_fraction(a: float, b: float, x: float) -> float:

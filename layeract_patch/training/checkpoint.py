@@ -75,8 +75,11 @@ def _umask() -> int:
     return mask
 
 
-def load_checkpoint(path: PathLike, map_location="cpu") -> dict:
-    """Read a checkpoint written by save_checkpoint; FileNotFoundError / ValueError naming the file otherwise."""
+def load_checkpoint(path: PathLike, map_location="cpu", format: Optional[int] = None) -> dict:
+    """Read a checkpoint written by save_checkpoint; FileNotFoundError / ValueError naming the file otherwise.
+
+    With `format` (a training state's, see spine.Run.checkpoint_format) a checkpoint of another format is
+    refused: its state would not load into this version's optimizer or scheduler."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; check the path (or start without --resume)")
@@ -100,6 +103,9 @@ def load_checkpoint(path: PathLike, map_location="cpu") -> dict:
                          f"{lines[0] if lines else ''}); delete it to start over") from err
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {str(path)!r} holds a {type(state).__name__}, expected a dict")
+    if format is not None and state.get("format") != format:
+        raise ValueError(f"{str(path)!r} was written by another version of this package; continue it with that "
+                         f"version, or choose another --out")
     return state
 
 

@@ -256,10 +256,7 @@ def _check_resumable(cfg: CifarConfig, explicit_milestones: bool, explicit_log_e
     for path in found:
         if not cfg.resume:
             raise ValueError(f"{str(path)!r} exists; pass --resume to continue that run, or choose another --out")
-        state = load_checkpoint(path)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{str(path)!r} was written by another version of this package; continue it with that "
-                             f"version, or choose another --out")
+        state = load_checkpoint(path, format=CHECKPOINT_FORMAT)
         settings = state["settings"]
         if not explicit_milestones and cfg.max_iter >= settings.get("max_iter", 0) and "milestones" in settings:
             cfg = replace(cfg, milestones=tuple(settings["milestones"]))  # keep the schedule that ran

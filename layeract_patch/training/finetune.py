@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import sys
 import time
@@ -33,18 +32,21 @@ from .outdir import check_output_path, claim_output
 from .pretrained import (AUGMENTS, classifier_name, create_model, data_transforms, input_size_kwarg, load_weights,
                          logits_of, num_classes, parse_model_name, set_num_classes)
 from .results import write_json
-from .spine import CHECKPOINT_FORMAT, LoopConfig, Run, fit
+from .spine import LoopConfig, Run, fit
 
 __all__ = [
     "FinetuneConfig", "check_config", "run_finetune", "format_results", "create_model", "load_weights",
     "parse_model_name", "classifier_name", "num_classes", "set_num_classes", "data_transforms", "image_folders",
-    "check_images", "conversion_target", "evaluate", "finetune", "build_optimizer", "WarmupCosine", "ACT_CHOICES",
+    "check_images", "conversion_target", "evaluate", "finetune", "build_optimizer", "warmup_cosine", "ACT_CHOICES",
     "OPTIMIZERS", "RUN_ONLY",
 ]
 
 OPTIMIZERS = {"adamw": (1e-4, 0.05), "sgd": (1e-2, 1e-4)}  # name -> (default lr, default weight decay)
 # Settings that do not change what is computed: not stored, free to differ on --resume (checkpoint.check_resume).
 RUN_ONLY = ("out", "resume", "device", "workers", "save_every")
+# The fine-tuning checkpoint's format: 2 since the schedule is torch's SequentialLR and the parameter groups timm's
+# (format 1 held a LambdaLR's state, which does not load into it).
+CHECKPOINT_FORMAT = 2
 
 
 @dataclass
@@ -128,10 +130,10 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: Optional
 
 
 def build_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float, momentum: float):
-    """AdamW or SGD; biases, norm and LayerAct affine parameters (all 1-D) get no weight decay, as in timm."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW or SGD; biases, norm and LayerAct affine parameters (all 1-D) get no weight decay (timm's groups)."""
+    from timm.optim import param_groups_weight_decay
+
+    groups = param_groups_weight_decay(model, weight_decay)
     if opt == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
     if opt == "sgd":
@@ -139,17 +141,16 @@ def build_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float, 
     raise ValueError(f"unknown optimizer {opt!r}; choose one of: {', '.join(OPTIMIZERS)}")
 
 
-class WarmupCosine:
-    """Learning-rate factor: linear warm-up from ~0 over `warmup` iterations, then cosine decay to 0 at `total`."""
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int):
+    """The learning rate times (step + 1) / (warmup + 1) for the first `warmup` steps, then a cosine decay to 0 at
+    step `total`: torch's schedulers chained as torchvision's references chain them."""
+    from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
-    def __init__(self, warmup: int, total: int) -> None:
-        self.warmup, self.total = warmup, total
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / (self.warmup + 1)
-        progress = (step - self.warmup) / max(1, self.total - self.warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    cosine = CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
+    if warmup == 0:
+        return cosine
+    warm = LinearLR(optimizer, start_factor=1 / (warmup + 1), total_iters=warmup)
+    return SequentialLR(optimizer, [warm, cosine], milestones=[warmup])
 
 
 def finetune(model: nn.Module, train_set: Dataset, *, iterations: int, batch_size: int, opt: str, lr: float,
@@ -166,16 +167,14 @@ def finetune(model: nn.Module, train_set: Dataset, *, iterations: int, batch_siz
     `settings` are stored with it and must match on resume.
     """
     optimizer = build_optimizer(model, opt, lr, weight_decay, momentum)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup_iters, iterations))
+    scheduler = warmup_cosine(optimizer, warmup_iters, iterations)
     criterion = nn.CrossEntropyLoss(label_smoothing=smoothing)
     torch.manual_seed(seed)  # dropout and drop-path; data augmentation has its own seeds
     run = Run(model, optimizer, scheduler, settings=settings or {},
-              scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16))
+              scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16),
+              checkpoint_format=CHECKPOINT_FORMAT)
     if resume and checkpoint is not None and checkpoint.exists():
-        state = load_checkpoint(checkpoint)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{str(checkpoint)!r} was written by another version of this package; continue it with "
-                             f"that version, or choose another --out")
+        state = load_checkpoint(checkpoint, format=CHECKPOINT_FORMAT)
         check_resume(state["settings"], run.settings, checkpoint)
         if state.get("finished"):  # the run had ended: only its weights and log were kept
             model.load_state_dict(state["model"])

@@ -167,7 +167,11 @@ def _weights_source(library: str, name: str) -> Optional[Tuple[str, bool, bool]]
 
 
 def load_weights(path: str) -> Dict[str, Tensor]:
-    """The model state_dict inside a weights file, as create_model accepts it, with DDP/compile prefixes removed."""
+    """The model state_dict inside a weights file, as create_model accepts it, with DDP/compile prefixes removed.
+
+    timm's `load_state_dict` with what it lacks: the file is read weights-only (timm's training checkpoints
+    need their argparse.Namespace allowed), and a file that cannot be read or holds no state_dict is one error
+    saying what to pass instead. The prefixes go as timm removes them (`clean_state_dict`)."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
@@ -192,13 +196,9 @@ def load_weights(path: str) -> Dict[str, Tensor]:
     if not (isinstance(checkpoint, dict) and checkpoint and all(isinstance(v, Tensor) for v in checkpoint.values())):
         raise ValueError(f"weights file {str(path)!r} holds no state_dict (expected a dict of tensors, or a checkpoint "
                          f"with one under 'state_dict', 'state_dict_ema' or 'model')")
-    prefixes = ("module.", "_orig_mod.")
-    clean = {}
-    for key, value in checkpoint.items():
-        while key.startswith(prefixes):
-            key = key.split(".", 1)[1]
-        clean[key] = value
-    return clean
+    from timm.models import clean_state_dict
+
+    return clean_state_dict(checkpoint)
 
 
 def classifier_name(model: nn.Module) -> str:

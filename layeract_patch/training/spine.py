@@ -54,9 +54,10 @@ class Run:
     records: Dict[str, Any] = field(default_factory=dict)
     train_seconds: float = 0.0
     window: List[float] = field(default_factory=lambda: [0.0, 0.0])
+    checkpoint_format: int = CHECKPOINT_FORMAT  # a recipe whose scheduler state changed layout stamps its own
 
     def state_dict(self) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "step": self.step, "model": self.model.state_dict(),
+        return {"format": self.checkpoint_format, "step": self.step, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "rng": get_rng_state(), "settings": self.settings, "train_log": self.train_log,
