@@ -38,7 +38,7 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 __all__ = ["Activation", "CATALOGUE", "GATES", "lookup", "layer_act_names", "element_of", "resolve",
            "replaced_types", "gate_types", "functional_sources", "layer_act_for", "kernel_code",
            "OTHER_ACTIVATIONS", "NO_LAYER_ACT_FORM", "no_layer_act_form", "activation_types", "converted_families",
-           "form_options", "records_of_module"]
+           "form_options", "records_of_module", "AFFINE_SUFFIX", "layer_act_spellings", "parse_name"]
 
 
 @dataclass(frozen=True)
@@ -165,6 +165,22 @@ def lookup(name: str) -> Activation:
 
 def layer_act_names() -> Tuple[str, ...]:
     return tuple(r.name for r in _RECORDS if r.layer_act)
+
+
+AFFINE_SUFFIX = "_affine"  # "la_silu_affine": LA-SiLU with a per-channel weight and bias
+
+
+def layer_act_spellings() -> Tuple[str, ...]:
+    """Every LayerAct name a command line takes: the names, then each with AFFINE_SUFFIX."""
+    return layer_act_names() + tuple(name + AFFINE_SUFFIX for name in layer_act_names())
+
+
+def parse_name(name: str) -> Tuple[Activation, bool]:
+    """(record, affine) of a name as users spell it: "LA-SiLU_affine" -> (la_silu's record, True). ValueError from
+    `lookup` for an unknown name; whether the record can be affine (only LayerAct can) is the caller's to say."""
+    key = name.strip().lower() if isinstance(name, str) else name
+    affine = isinstance(key, str) and key.endswith(AFFINE_SUFFIX)
+    return lookup(key[: -len(AFFINE_SUFFIX)] if affine else key), affine
 
 
 def kernel_code(kind: str) -> int:

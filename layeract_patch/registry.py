@@ -12,27 +12,23 @@ from typing import Any, Callable, Dict, Optional
 
 from torch import nn
 
-from .catalogue import CATALOGUE, lookup
+from .catalogue import AFFINE_SUFFIX, CATALOGUE, layer_act_spellings, parse_name
 from .modules import LayerAct
 
 __all__ = ["ACTIVATIONS", "LAYERACT_NAMES", "get_act_layer", "create_act_layer"]
 
-_AFFINE = "_affine"
 ACTIVATIONS: Dict[str, Callable[..., nn.Module]] = {name: record.builder() for name, record in CATALOGUE.items()}
-ACTIVATIONS.update({name + _AFFINE: partial(record.module_class(), affine=True, **dict(record.options))
+ACTIVATIONS.update({name + AFFINE_SUFFIX: partial(record.module_class(), affine=True, **dict(record.options))
                     for name, record in CATALOGUE.items() if record.layer_act})
-LAYERACT_NAMES = tuple(name for name in ACTIVATIONS if CATALOGUE[name.replace(_AFFINE, "")].layer_act)
+LAYERACT_NAMES = layer_act_spellings()
 
 
 def _canonical(name: str) -> str:
-    key = name.strip().lower()
-    affine = key.endswith(_AFFINE)
-    base = key[: -len(_AFFINE)] if affine else key
     try:
-        record = lookup(base)
+        record, affine = parse_name(name)
     except ValueError:
         raise ValueError(f"unknown activation {name!r}; choose one of: {', '.join(ACTIVATIONS)}") from None
-    canonical = record.name + (_AFFINE if affine else "")
+    canonical = record.name + (AFFINE_SUFFIX if affine else "")
     if canonical not in ACTIVATIONS:
         raise ValueError(f"activation {record.name!r} has no affine variant (only LayerAct does); choose one of: "
                          f"{', '.join(ACTIVATIONS)}")

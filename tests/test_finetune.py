@@ -380,6 +380,15 @@ def test_a_checkpoint_of_the_old_format_is_refused_with_one_clear_message(tmp_pa
                     checkpoint=tmp_path / "checkpoint.pt", resume=True)
 
 
+def test_act_choices_are_the_catalogue_layer_acts_each_also_affine():
+    from layeract_patch import catalogue
+
+    assert ft.ACT_CHOICES == catalogue.layer_act_spellings() + ("auto",)
+    assert {"la_gelu", "la_gelu_tanh", "la_gelu_affine", "la_gelu_tanh_affine"} <= set(ft.ACT_CHOICES)
+    assert ft.conversion_target("la_gelu_tanh_affine") == ("la_gelu_tanh", True)
+    assert ft.conversion_target("LA_GELU") == ("la_gelu", False)
+
+
 def test_auto_maps_hard_swish_to_la_hardsilu():
     to, affine = ft.conversion_target("auto")
     assert to[nn.Hardswish] == "la_hardsilu" and to[nn.ReLU] == to[nn.SiLU] == "la_silu" and affine is False

@@ -113,15 +113,14 @@ def _target(value: Any, layer_kwargs: Dict[str, Any], affine: bool) -> Target:
     """A `to` value (name, LayerAct class or partial of one) as the class and its constructor kwargs."""
     kwargs: Dict[str, Any] = {}
     if isinstance(value, str):
-        name = value.strip().lower()
-        if name.endswith("_affine"):  # "la_silu_affine", as the registry and the recipes' --act spell it
-            name, kwargs["affine"] = name[: -len("_affine")], True
-        try:
-            record = catalogue.lookup(name)
+        try:  # "la_silu_affine" as the registry and the recipes' --act spell it: affine LA-SiLU
+            record, affine_name = catalogue.parse_name(value)
         except ValueError:
             raise ValueError(f"unknown activation {value!r} for convert_activations(to=...); choose one of: "
                              f"{_names()} (each also as name + '_affine'), a LayerAct class, or a mapping "
                              f"{{source module type: target}}") from None
+        if affine_name:
+            kwargs["affine"] = True
         if record.layer_act:
             value, kwargs = record.module_class(), {**kwargs, **dict(record.options)}
     if isinstance(value, partial):

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from .. import catalogue
 from .checkpoint import check_resume, flag, load_checkpoint, save_checkpoint
 from .distributed import resolve_device
 from .folders import EpochOrder, SeededDraws, check_images, image_folders
@@ -207,7 +208,7 @@ def finetune(model: nn.Module, train_set: Dataset, *, iterations: int, batch_siz
 # -------------------------------------------------------------------------------------------------- run
 
 
-ACT_CHOICES = ("la_silu", "la_hardsilu", "la_silu_affine", "la_hardsilu_affine", "auto")
+ACT_CHOICES = catalogue.layer_act_spellings() + ("auto",)  # la_silu, ..., la_gelu_tanh_affine, auto
 
 
 def conversion_target(act: str):
@@ -218,11 +219,9 @@ def conversion_target(act: str):
     if name not in ACT_CHOICES:
         raise ValueError(f"--act {act!r} is not a LayerAct conversion; choose one of: {', '.join(ACT_CHOICES)}")
     if name == "auto":
-        from ..catalogue import element_of, layer_act_for, replaced_types
-
-        return {t: layer_act_for(element_of(t)).name for t in replaced_types()}, False
-    affine = name.endswith("_affine")
-    return (name[: -len("_affine")] if affine else name), affine
+        return {t: catalogue.layer_act_for(catalogue.element_of(t)).name for t in catalogue.replaced_types()}, False
+    record, affine = catalogue.parse_name(name)
+    return record.name, affine
 
 
 def check_config(cfg: FinetuneConfig) -> FinetuneConfig:
@@ -239,7 +238,7 @@ def check_config(cfg: FinetuneConfig) -> FinetuneConfig:
         if cfg.calibrate <= 0:
             raise ValueError(f"--calibrate takes the number of training images to calibrate on (e.g. 512), got "
                              f"{cfg.calibrate}")
-        if not (cfg.act.endswith("_affine") or cfg.act == "auto"):
+        if not (conversion_target(cfg.act)[1] or cfg.act == "auto"):
             raise ValueError(f"--calibrate fits the weight and bias of an affine LayerAct, and --act {cfg.act} has "
                              f"none; use --act {cfg.act}_affine")
     if cfg.max_iter == 0 and cfg.baseline:
