@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from layeract_patch.training.finetune import ACT_CHOICES, OPTIMIZERS, FinetuneConfig, format_results, run_finetune
-from layeract_patch.training.command import run_command
+from layeract_patch.training.command import HelpFormatter, run_command
 
 _DEFAULTS = {f.name: f.default for f in fields(FinetuneConfig) if f.default is not MISSING}
 
@@ -40,16 +40,10 @@ class _KeyValues(argparse.Action):
         setattr(namespace, self.dest, options)
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    # Show defaults, except None/False ones whose help text already says what happens.
-    def _get_help_string(self, action):
-        return action.help if action.default in (None, False) else super()._get_help_string(action)
-
-
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     d = _DEFAULTS
     parser = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n\n")[0],
-                                     add_help=add_help, formatter_class=_HelpFormatter)
+                                     add_help=add_help, formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, help="timm/<name> or torchvision/<name>")
     parser.add_argument("--weights", default=d["weights"],
                         help="local state_dict / timm or torchvision checkpoint; default: the library's pretrained "

@@ -19,13 +19,14 @@ from dataclasses import fields
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from layeract_patch.studies.scale_correlation import COLORS, StudyConfig, check_config, load_study_data, run_study
+from layeract_patch.studies.scale_correlation import (COLORS, CorrelationConfig, check_config, load_study_data,
+                                                      run_correlation_study)
 from layeract_patch.training.data import imagefolder_layout
 from layeract_patch.training.command import HelpFormatter, run_command
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    defaults = StudyConfig(data_dir="")
+    defaults = CorrelationConfig(data_dir="")
     p = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n")[0], add_help=add_help,
                                 formatter_class=HelpFormatter)
     p.add_argument("--data-dir", required=True,
@@ -53,9 +54,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> List[dict]:
     """Library entry point: validate, load, run the study, return its rows (bad input raises ValueError)."""
-    names = {f.name for f in fields(StudyConfig)}
-    cfg = check_config(StudyConfig(**{k: v for k, v in vars(args).items() if k in names}))
-    return run_study(cfg, load_study_data(cfg))
+    names = {f.name for f in fields(CorrelationConfig)}
+    cfg = check_config(CorrelationConfig(**{k: v for k, v in vars(args).items() if k in names}))
+    return run_correlation_study(cfg, load_study_data(cfg))
 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:

@@ -84,7 +84,7 @@ def test_he_initialisation():
     assert conv.weight.std().item() == pytest.approx((2 / 576) ** 0.5, rel=0.05)
 
 
-def test_paper_cnn_table6_shapes():
+def test_layeract_cnn_table6_shapes():
     model = layeract_cnn(num_classes=10)
     assert count(model, nn.Conv2d) == 15 and count(model, nn.MaxPool2d) == 5
     kernels = [m.kernel_size for m in model.modules() if isinstance(m, nn.Conv2d)]

@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from layeract_patch.studies.scale_correlation import (CSV_COLUMNS, StudyConfig, check_config, format_table,
-                                                      load_study_data, make_mlp, plot_correlations, summarize,
+from layeract_patch.studies.scale_correlation import (CSV_COLUMNS, CorrelationConfig, check_config,
+                                                      format_correlation_table, load_study_data, make_mlp,
+                                                      plot_correlations, summarize_correlations,
                                                       train_and_measure, undefined_panels)
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "scale_correlation.py"
@@ -43,7 +44,7 @@ def _config(root, out, **kw):
     settings = dict(data_dir=str(root), out=str(out), widths=(4, 8), acts=("relu", "la_silu"), seeds=(0, 1),
                     max_iter=6, batch_size=16, eval_samples=40, device="cpu")
     settings.update(kw)
-    return check_config(StudyConfig(**settings))
+    return check_config(CorrelationConfig(**settings))
 
 
 def test_the_recipe_writes_correlations_summary_and_reports_the_grayscale_conversion(image_folder, tmp_path, capsys):
@@ -100,10 +101,10 @@ def test_color_modes_and_the_eval_subset(image_folder, tmp_path):
 
 
 def test_the_paper_schedule_is_the_default():
-    cfg = check_config(StudyConfig(data_dir=".", device="cpu"))
+    cfg = check_config(CorrelationConfig(data_dir=".", device="cpu"))
     assert (cfg.max_iter, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay) == (6400, 128, 0.01, 0.9, 1e-4)
     assert cfg.milestones == (3200, 4800)
-    assert check_config(StudyConfig(data_dir=".", max_iter=2000, device="cpu")).milestones == (1000, 1500)
+    assert check_config(CorrelationConfig(data_dir=".", max_iter=2000, device="cpu")).milestones == (1000, 1500)
 
 
 def test_summary_on_known_rows():
@@ -113,14 +114,15 @@ def test_summary_on_known_rows():
 
     rows = [row(0, 0, 0.9, 9.0), row(0, 10, 0.5, 0.2), row(0, 20, -0.3, 0.4, acc=0.7),
             row(1, 10, math.nan, 0.0), row(1, 20, 0.1, 0.3, acc=0.9)]
-    (s,) = summarize(rows)
+    (s,) = summarize_correlations(rows)
     assert s["seeds"] == 2 and s["undefined"] == pytest.approx(0.25)
     assert s["mean_abs_r"] == pytest.approx(0.3) and s["max_abs_r"] == pytest.approx(0.5)
     assert s["final_r"] == pytest.approx(-0.1) and s["sum_cv"] == pytest.approx(0.225)
     assert s["final_accuracy"] == pytest.approx(0.8)
-    assert "| relu | 20 | 2 | 0.300 | 0.500 | -0.100 | 0.2250 | 25% | 0.800 |" in format_table([s])
+    assert "| relu | 20 | 2 | 0.300 | 0.500 | -0.100 | 0.2250 | 25% | 0.800 |" in format_correlation_table([s])
     # the column says what a missing correlation means
-    assert "r undefined: the share of measurements" in format_table([s]) and "perfect balance" in format_table([s])
+    table = format_correlation_table([s])
+    assert "r undefined: the share of measurements" in table and "perfect balance" in table
 
 
 @pytest.mark.matplotlib

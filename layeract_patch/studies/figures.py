@@ -10,19 +10,10 @@ import textwrap
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from ..training.results import pyplot
 from .paper_numbers import act_label
 
 __all__ = ["plot_early_loss", "plot_accuracy", "accuracy_interval", "training_losses"]
-
-
-def _pyplot():
-    try:
-        import matplotlib
-        matplotlib.use("Agg")  # no display needed; must precede pyplot
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
 
 
 def training_losses(out: Path, row: Dict) -> Dict[int, float]:
@@ -39,7 +30,7 @@ def training_losses(out: Path, row: Dict) -> Dict[int, float]:
 
 def plot_early_loss(group, out: Path) -> Optional[Path]:
     """Training loss up to the first learning-rate drop, per activation: mean over seeds and min-max band."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
@@ -72,7 +63,7 @@ def accuracy_interval(stats) -> Tuple[float, float]:
 
 def plot_accuracy(group, out: Path) -> Optional[Path]:
     """Test top-1 per activation: each seed a dot, the mean with its 95% confidence interval (clipped to 0-100%)."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)

@@ -17,6 +17,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 from ..models.layers import check_init, check_norm
 from ..catalogue import lookup
 from ..registry import ACTIVATIONS, get_act_layer
+from ..training.cifar_config import default_lr, default_milestones
 
 __all__ = ["Schedule", "RunSpec", "PRESETS", "paper", "cpu", "smoke", "grid", "select", "MODELS"]
 
@@ -25,8 +26,7 @@ MODELS = {"cifar_resnet": "recipes/cifar_resnet.py", "layeract_cnn": "recipes/ci
 
 @dataclass(frozen=True)
 class Schedule:
-    """SGD schedule of one run. lr None: 0.1, or 0.01 without normalization (the paper's); milestones None:
-    50% and 75% of max_iter (the paper's 32k and 48k of 64k)."""
+    """SGD schedule of one run; lr and milestones None: the paper's (cifar_config.default_lr, default_milestones)."""
     max_iter: int
     batch_size: int = 128
     lr: Optional[float] = None
@@ -34,10 +34,10 @@ class Schedule:
     eval_every: int = 1000
 
     def lr_for(self, norm: str) -> float:
-        return self.lr if self.lr is not None else (0.01 if norm == "none" else 0.1)
+        return self.lr if self.lr is not None else default_lr(norm)
 
     def resolved_milestones(self) -> Tuple[int, ...]:
-        return self.milestones if self.milestones is not None else (self.max_iter // 2, self.max_iter * 3 // 4)
+        return self.milestones if self.milestones is not None else default_milestones(self.max_iter)
 
 
 @dataclass(frozen=True)

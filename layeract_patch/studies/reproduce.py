@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ..training.cifar_config import default_lr, default_milestones
 from ..training.outdir import claim_output
 from ..training.results import write_csv, write_json
 from .presets import MODELS, RunSpec
@@ -255,9 +256,8 @@ def rebuild_runs_csv(out: Path) -> List[Dict]:
                 "norm": spec["norm"], "act": spec["act"], "init": spec["init"], "seed": spec["seed"],
                 "dataset": spec["dataset"], "wall_seconds": "" if wall is None else round(wall, 1),
                 "max_iter": schedule["max_iter"],
-                "milestones": " ".join(map(str, schedule["milestones"] or (schedule["max_iter"] // 2,
-                                                                           schedule["max_iter"] * 3 // 4))),
-                "lr": schedule["lr"] if schedule["lr"] is not None else (0.01 if spec["norm"] == "none" else 0.1),
+                "milestones": " ".join(map(str, schedule["milestones"] or default_milestones(schedule["max_iter"]))),
+                "lr": schedule["lr"] if schedule["lr"] is not None else default_lr(spec["norm"]),
                 "batch_size": schedule["batch_size"], "eval_every": min(schedule["eval_every"], schedule["max_iter"]),
                 "amp": meta["amp"], "data_dir": meta["data_dir"], "run_dir": f"runs/{spec['name']}",
                 "command": meta["command"]}

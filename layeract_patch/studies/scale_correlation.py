@@ -27,12 +27,14 @@ from ..registry import create_act_layer, get_act_layer
 from ..training import results
 from ..training.data import imagefolder_layout, load_images
 from ..training.distributed import resolve_device
+from ..training.cifar_config import default_milestones
 from ..training.command import install_hint
 from ..training.outdir import check_output_path, claim_output
 from ..training.spine import LoopConfig, Run, fit
 
-__all__ = ["StudyConfig", "StudyData", "check_config", "load_study_data", "make_mlp", "train_and_measure",
-           "run_study", "summarize", "format_table", "write_csv", "plot_correlations", "undefined_panels",
+__all__ = ["CorrelationConfig", "StudyData", "check_config", "load_study_data", "make_mlp", "train_and_measure",
+           "run_correlation_study", "summarize_correlations", "format_correlation_table", "write_csv",
+           "plot_correlations", "undefined_panels",
            "CSV_COLUMNS"]
 
 OUTPUTS = ("correlations.csv", "summary.md", "correlations.png")
@@ -43,7 +45,7 @@ _EVAL_CHUNK = 8192
 
 
 @dataclass
-class StudyConfig:
+class CorrelationConfig:
     """The paper's MNIST setting by default: 6,400 iterations of batch 128, SGD with momentum 0.9,
     weight decay 1e-4, learning rate 0.01 divided by 10 at 3,200 and 4,800 (`milestones=None` puts
     them at 50% and 75% of `max_iter`, so a shortened run keeps the schedule's shape)."""
@@ -84,7 +86,7 @@ class StudyData:
         return (self.pixels[index].float().div_(255) - self.mean) / self.std
 
 
-def check_config(cfg: StudyConfig) -> StudyConfig:
+def check_config(cfg: CorrelationConfig) -> CorrelationConfig:
     """ValueError naming the bad setting and the fix; else a copy with device and milestones resolved."""
     for act in cfg.acts:
         get_act_layer(act)  # unknown names: ValueError listing the valid ones
@@ -114,14 +116,14 @@ def check_config(cfg: StudyConfig) -> StudyConfig:
                          f"replace it, or choose another --out")
     milestones = cfg.milestones
     if milestones is None:
-        milestones = (max(1, cfg.max_iter // 2), max(1, cfg.max_iter * 3 // 4))
+        milestones = tuple(max(1, m) for m in default_milestones(cfg.max_iter))
     milestones = tuple(sorted(int(m) for m in milestones))
     if any(m < 1 for m in milestones):
         raise ValueError(f"--milestones must be iterations >= 1, got {list(milestones)}")
     return replace(cfg, milestones=milestones, device=str(resolve_device(cfg.device)))
 
 
-def load_study_data(cfg: StudyConfig) -> StudyData:
+def load_study_data(cfg: CorrelationConfig) -> StudyData:
     """The training split as flat uint8 rows on cfg.device; RGB becomes grayscale unless cfg.color == "rgb"."""
     from torchvision.transforms.v2.functional import rgb_to_grayscale
 
@@ -189,7 +191,8 @@ def _rows(act: str, width: int, seed: int, iteration: int, epoch: float, model: 
     return rows
 
 
-def train_and_measure(data: StudyData, act: str, width: int, seed: int, cfg: StudyConfig) -> List[dict]:
+def train_and_measure(data: StudyData, act: str, width: int, seed: int,
+                      cfg: CorrelationConfig) -> List[dict]:
     """Train one MLP with the configured schedule; one row per activation layer per measurement."""
     torch.manual_seed(seed)
     device = data.pixels.device
@@ -230,7 +233,7 @@ def _nanmean(values: Sequence[float]) -> float:
     return statistics.fmean(kept) if kept else math.nan
 
 
-def summarize(rows: Sequence[dict]) -> List[dict]:
+def summarize_correlations(rows: Sequence[dict]) -> List[dict]:
     """Per (act, width), over seeds and layers: how far the correlations are from zero during training
     (after the initial measurement), the signed correlation at the end, how much the scale sums differ
     between samples (std / mean), the share of measurements where the sums were constant (r undefined),
@@ -256,8 +259,8 @@ def summarize(rows: Sequence[dict]) -> List[dict]:
     return summary
 
 
-def format_table(summary: Sequence[dict]) -> str:
-    """A markdown table of `summarize` output."""
+def format_correlation_table(summary: Sequence[dict]) -> str:
+    """A markdown table of `summarize_correlations` output."""
     head = ("| act | width | seeds | mean abs r | max abs r | final r | scale-sum std/mean | r undefined "
             "| final train acc |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     lines = [head]
@@ -285,11 +288,8 @@ def undefined_panels(rows: Sequence[dict]) -> List[Tuple[str, str]]:
 def plot_correlations(rows: Sequence[dict], path) -> Optional[Path]:
     """Fig. 2-like: correlation over training, one panel per (act, layer), one line per (width, seed).
     Returns None, writing nothing, when matplotlib is not installed (it is not a dependency)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = results.pyplot()
+    if plt is None:
         return None
     acts = list(dict.fromkeys(r["act"] for r in rows))
     layers = list(dict.fromkeys(r["layer"] for r in rows))
@@ -329,14 +329,16 @@ def plot_correlations(rows: Sequence[dict], path) -> Optional[Path]:
     return path
 
 
-def run_study(cfg: StudyConfig, data: StudyData, log: Callable[[str], None] = print) -> List[dict]:
+def run_correlation_study(cfg: CorrelationConfig, data: StudyData,
+                          log: Callable[[str], None] = print) -> List[dict]:
     """Every (act, width, seed) in turn; DIR/correlations.csv rewritten after each run, then the summary
     table (printed and DIR/summary.md) and the plot (DIR/correlations.png, when matplotlib is there)."""
     with claim_output(Path(cfg.out)) as out:
-        return _run_study(cfg, data, out, log)
+        return _run_correlation_study(cfg, data, out, log)
 
 
-def _run_study(cfg: StudyConfig, data: StudyData, out: Path, log: Callable[[str], None]) -> List[dict]:
+def _run_correlation_study(cfg: CorrelationConfig, data: StudyData, out: Path,
+                           log: Callable[[str], None]) -> List[dict]:
     log(f"data: {data.description}")
     rows: List[dict] = []
     for act in cfg.acts:
@@ -344,7 +346,7 @@ def _run_study(cfg: StudyConfig, data: StudyData, out: Path, log: Callable[[str]
             for seed in cfg.seeds:
                 rows += train_and_measure(data, act, int(width), int(seed), cfg)
                 write_csv(rows, out / "correlations.csv")
-    table = format_table(summarize(rows))
+    table = format_correlation_table(summarize_correlations(rows))
     schedule = (f"{cfg.max_iter} iterations, batch {cfg.batch_size}, SGD lr {cfg.lr} momentum {cfg.momentum} "
                 f"wd {cfg.weight_decay}, lr /10 at {list(cfg.milestones)}; MLP of {cfg.depth} hidden layers")
     text = f"data: {data.description}\nschedule: {schedule}\n\n{table}\n"

@@ -1,157 +1,39 @@
-"""CIFAR training (the paper's ResNets and CNN): a typed config, the data on the device, one run per seed.
+"""CIFAR training (the paper's ResNets and CNN): the data on the device, one run per seed.
 
-One training step, file by file: recipes/cifar_resnet.py (flags) -> cli.py (flags -> CifarConfig) ->
-this file (`train_seed` builds the Run: split, model, SGD, step decay) -> spine.py (`fit`: the step)
--> batches.py (`TrainBatches`: the batch, cropped and flipped on the device). Evaluation is
-metrics.py; checkpoints and the resume rule are checkpoint.py.
-
-Defaults are the LayerAct paper's schedule: SGD (momentum 0.9, weight decay 1e-4), batch 128,
-64,000 iterations, learning rate 0.1 (0.01 without normalization) divided by 10 at 32,000 and
-48,000, 10% of the training set held out (stratified) for validation, the best-validation
-weights evaluated on the test set.
+One training step, file by file: recipes/cifar_resnet.py (flags) -> cli.py (flags -> CifarConfig, checked and
+completed by cifar_config.py) -> this file (`train_seed` builds the Run: split, model, SGD, step decay) ->
+spine.py (`fit`: the step) -> batches.py (`TrainBatches`: the batch, cropped and flipped on the device).
+Evaluation is metrics.py (and robustness.py with --eval-corruptions); checkpoints and the resume rule are
+checkpoint.py. The paper's defaults are cifar_config.py's.
 """
 from __future__ import annotations
 
 import json
-import os
 import sys
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..registry import get_act_layer
 from .batches import TrainBatches
-from .checkpoint import check_resume, flag, load_checkpoint, save_checkpoint
+from .checkpoint import check_resume, load_checkpoint, save_checkpoint
+from .cifar_config import EXTENDABLE, TORCHVISION_ONLY, CifarConfig
 from .data import data_source, dataset_stats, load_images, stratified_split
 from .distributed import DistInfo, barrier, broadcast_buffers, init_distributed, resolve_device
 from .metrics import evaluate
 from .command import install_hint
-from .outdir import check_output_path
 from .progress import say
 from .results import format_summary, plot_losses, summarize, write_csv, write_json
 from .spine import CHECKPOINT_FORMAT, LoopConfig, Run, fit
 
-__all__ = ["CifarConfig", "resolve", "Plan", "prepare", "train", "train_seed", "seed_dir", "RUN_ONLY", "EXTENDABLE",
-           "INITS", "architecture", "build_model", "evaluate_seeds_on_corruptions"]
+__all__ = ["Plan", "prepare", "train", "train_seed", "seed_dir", "architecture", "build_model",
+           "evaluate_seeds_on_corruptions"]
 
-# Settings that do not change what is computed: not stored, free to differ on --resume. The corruption
-# evaluation happens after training, so a finished run may be resumed just to add it.
-RUN_ONLY = ("out", "resume", "device", "seeds", "download", "eval_batch_size", "compile", "eval_corruptions",
-            "corruptions", "corruption_severities")
-# Settings that choose torchvision's data: an ImageFolder run never used them, and its results.json leaves them out.
-TORCHVISION_ONLY = ("dataset", "download")
-# Settings a resumed run may raise: applied, and recorded in the results ("extensions").
-EXTENDABLE = ("max_iter",)
-INITS = ("he", "torch")
 HISTORY_COLUMNS = ("iteration", "lr", "train_loss", "val_top1", "val_top5", "val_loss", "val_loss_std",
                    "train_seconds")
-
-
-@dataclass(frozen=True)
-class CifarConfig:
-    """Everything a CIFAR run depends on; the recipes' flags map one to one onto these fields."""
-    model: str = "cifar_resnet"  # or "layeract_cnn"
-    depth: Optional[int] = 20
-    act: str = "la_silu"
-    norm: str = "bn"
-    init: str = "he"
-    dataset: str = "cifar10"
-    data_dir: str = "data"
-    download: bool = True
-    max_iter: int = 64000
-    milestones: Optional[Tuple[int, ...]] = None  # None: 50% and 75% of max_iter
-    lr: Optional[float] = None  # None: 0.1, or 0.01 without normalization
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    batch_size: int = 128
-    val_fraction: float = 0.1
-    eval_every: int = 1000
-    log_every: Optional[int] = None  # None: 100, and for runs under 2,500 iterations max_iter // 25 (25+ points a curve)
-    eval_batch_size: int = 1000
-    seeds: Tuple[int, ...] = (0,)
-    device: str = "auto"
-    out: Optional[str] = None  # None: runs/<model>_<act>_<norm>
-    resume: bool = False
-    amp: bool = False
-    channels_last: bool = False
-    compile: bool = False
-    eval_corruptions: bool = False  # after training: CIFAR-C accuracy of each seed's tested weights
-    corruptions: Optional[Tuple[str, ...]] = None  # None: all 19
-    corruption_severities: Tuple[int, ...] = (1, 2, 3, 4, 5)
-
-    @property
-    def model_name(self) -> str:
-        return f"cifar_resnet{self.depth}" if self.model == "cifar_resnet" else "layeract_cnn"
-
-    def settings(self) -> dict:
-        """What a checkpoint stores and the resume rule compares (JSON-friendly: tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k not in RUN_ONLY}
-
-    @classmethod
-    def from_namespace(cls, args) -> "CifarConfig":
-        """The config of parsed recipe flags (the namespace is left as it is)."""
-        values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
-        values["download"] = not getattr(args, "no_download", False)
-        for key in ("milestones", "seeds", "corruptions", "corruption_severities"):
-            if values.get(key) is not None:
-                values[key] = tuple(values[key])
-        if values.get("out") is not None:
-            values["out"] = str(values["out"])
-        values["data_dir"] = str(values["data_dir"])
-        return cls(**values)
-
-
-def resolve(cfg: CifarConfig) -> CifarConfig:
-    """ValueError naming the bad setting and its fix; else a copy with lr, milestones, log_every and out filled in.
-    Pure."""
-    from ..models.layers import check_norm
-
-    get_act_layer(cfg.act)
-    norm = check_norm(cfg.norm)
-    if cfg.model == "cifar_resnet" and (cfg.depth is None or cfg.depth < 8 or (cfg.depth - 2) % 6):
-        raise ValueError(f"--depth must be 6n+2 (20, 32, 44, 56, 110), got {cfg.depth}")
-    if cfg.init not in INITS:
-        raise ValueError(f"--init must be one of {', '.join(INITS)}, got {cfg.init!r}")
-    if cfg.log_every is None:  # a short run's loss curve gets 25 points or more, not two
-        cfg = replace(cfg, log_every=min(100, max(1, cfg.max_iter // 25)))
-    for key in ("max_iter", "batch_size", "eval_every", "log_every", "eval_batch_size"):
-        if getattr(cfg, key) <= 0:
-            raise ValueError(f"{flag(key)} must be positive, got {getattr(cfg, key)}")
-    for key in ("momentum", "weight_decay"):
-        if getattr(cfg, key) < 0:
-            raise ValueError(f"{flag(key)} must be >= 0, got {getattr(cfg, key)}")
-    lr = (0.01 if norm == "none" else 0.1) if cfg.lr is None else cfg.lr
-    if not lr > 0:
-        raise ValueError(f"--lr must be positive, got {lr}")
-    if len(set(cfg.seeds)) != len(cfg.seeds) or not cfg.seeds:
-        raise ValueError(f"--seeds must be distinct (each gets its own seed_<n>/ folder), got {list(cfg.seeds)}")
-    milestones = cfg.milestones or (cfg.max_iter // 2, cfg.max_iter * 3 // 4)
-    if list(milestones) != sorted(milestones) or min(milestones) <= 0:
-        raise ValueError(f"--milestones must be increasing positive iterations, got {list(milestones)}")
-    if not 0.0 <= cfg.val_fraction < 1.0:
-        raise ValueError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
-    if cfg.eval_corruptions:
-        from ..corruptions import CORRUPTIONS, SEVERITIES
-
-        unknown = [name for name in cfg.corruptions or () if name not in CORRUPTIONS]
-        if unknown:
-            raise ValueError(f"--corruptions: unknown corruption {', '.join(unknown)}; valid names: "
-                             f"{', '.join(CORRUPTIONS)}")
-        if not cfg.corruption_severities or not set(cfg.corruption_severities) <= set(SEVERITIES):
-            raise ValueError(f"--corruption-severities must be among {' '.join(map(str, SEVERITIES))}, got "
-                             f"{' '.join(map(str, cfg.corruption_severities))}")
-    elif cfg.corruptions is not None or tuple(cfg.corruption_severities) != (1, 2, 3, 4, 5):
-        raise ValueError("--corruptions and --corruption-severities choose what --eval-corruptions evaluates; "
-                         "add --eval-corruptions")
-    out = cfg.out if cfg.out is not None else str(Path("runs") / f"{cfg.model_name}_{cfg.act}_{norm}")
-    check_output_path(Path(out))
-    # An absolute --data-dir: the same folder named from another working directory is the same setting.
-    data_dir = os.path.abspath(os.path.expanduser(cfg.data_dir))
-    return replace(cfg, norm=norm, lr=lr, milestones=tuple(milestones), out=out, data_dir=data_dir)
 
 
 @dataclass
@@ -190,7 +72,7 @@ def seed_dir(out, seed: int) -> Path:
 def prepare(cfg: CifarConfig, explicit_milestones: bool = True, explicit_log_every: bool = True) -> Plan:
     """Check what resuming would do, load the data onto the device; ValueError / FileNotFoundError on bad input.
 
-    `cfg` is resolved (see `resolve`). With `explicit_milestones` False (the user gave none) a resumed run
+    `cfg` is resolved (see `cifar_config.resolve_config`). With `explicit_milestones` False (the user gave none) a resumed run
     that raises --max-iter keeps the schedule it started with instead of moving the milestones.
     """
     device = resolve_device(cfg.device)
@@ -235,8 +117,7 @@ def build_model(arch: dict) -> nn.Module:
     """The (untrained) network of an `architecture` record."""
     from .. import models  # looked up at call time, so a test can record what reaches the builder
 
-    # "paper_cnn" is the CNN's old name (runs recorded before the rename still load); layeract_cnn is its builder
-    builder = getattr(models, "layeract_cnn" if arch["model"] == "paper_cnn" else arch["model"])
+    builder = getattr(models, arch["model"])  # cifar_resnet or layeract_cnn, the timm-registered builders
     # runs recorded before --init existed were all He-initialised
     options = dict(num_classes=arch["num_classes"], act=arch["act"], norm=arch["norm"], in_chans=arch["in_chans"],
                    init=arch.get("init", "he"))

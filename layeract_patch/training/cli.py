@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from ..registry import ACTIVATIONS
-from .cifar import INITS, CifarConfig, prepare, resolve, train
+from .cifar import prepare, train
+from .cifar_config import INITS, CifarConfig, resolve_config
 from .distributed import cleanup_distributed
 from .outdir import claim_output
 from .command import HelpFormatter, run_command
@@ -83,7 +84,7 @@ def get_args_parser(model: str = "cifar_resnet", add_help: bool = True,
 
 def config_from_args(args: argparse.Namespace) -> CifarConfig:
     """Parsed flags -> a validated, resolved config (ValueError naming the flag otherwise)."""
-    return resolve(CifarConfig.from_namespace(args))
+    return resolve_config(CifarConfig.from_namespace(args))
 
 
 def _claim(cfg: CifarConfig):

@@ -10,7 +10,8 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 from .checkpoint import atomic_write
 
-__all__ = ["write_text", "write_json", "write_csv", "summarize", "format_summary", "plot_losses", "HIGHER_IS_BETTER"]
+__all__ = ["write_text", "write_json", "write_csv", "summarize", "format_summary", "pyplot", "plot_losses",
+           "HIGHER_IS_BETTER"]
 
 # For "best": accuracies are maximised, losses (and their spread) minimised.
 HIGHER_IS_BETTER = {"top1": True, "top5": True, "loss": False, "loss_std": False}
@@ -62,6 +63,18 @@ def format_summary(summary: Dict[str, Dict[str, float]], title: str = "test") ->
     return "\n".join(lines)
 
 
+def pyplot():
+    """matplotlib.pyplot drawing to files (no display needed), or None when matplotlib is not installed: it is
+    not a dependency, and every figure of the package is drawn only where it is there."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")  # must precede pyplot
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
 def plot_losses(runs: Sequence[dict], path, title: str = "") -> Optional[Path]:
     """The paper's Figs. 3-4: training loss (solid) and validation loss (dashed) against iteration, one
     colour per seed, when matplotlib is installed (it is not a dependency).
@@ -69,11 +82,8 @@ def plot_losses(runs: Sequence[dict], path, title: str = "") -> Optional[Path]:
     `runs` are per-seed results with "seed", "train_log" ([{iteration, train_loss}]) and "history"
     ([{iteration, val_loss}]). Returns the PNG path, or None when matplotlib is missing.
     """
-    try:
-        import matplotlib
-        matplotlib.use("Agg")  # no display needed; must precede pyplot
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for i, run in enumerate(runs):
