@@ -20,12 +20,10 @@ from torch import nn
 from .. import catalogue
 from .report import ConversionReport, FunctionalCall
 from .targets import Targets, is_activation
-from .tracing import discarded_calls, node_scope, trace
+from .tracing import HOOK_ATTRS, discarded_calls, node_scope, trace
 from .wrappers import is_wrapper, unwrap
 
 __all__ = ["find_in_code", "discarded_in_code", "find_by_tracing", "rewrite"]
-
-_HOOK_ATTRS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs")
 
 
 def _methods(sources: Dict[Any, Tuple[str, type]]) -> Dict[str, Tuple[str, type]]:
@@ -235,13 +233,13 @@ def rewrite(root: nn.Module, targets: Targets, report: ConversionReport) -> Tupl
     graph.lint()
     gm.recompile()
     gm.training = root.training
-    lost = [n for n, m in root.named_modules() if m is not root and any(getattr(m, a) for a in _HOOK_ATTRS)
+    lost = [n for n, m in root.named_modules() if m is not root and any(getattr(m, a) for a in HOOK_ATTRS)
             and _submodule(gm, n) is not m]
     report.notes.append(f"functional='convert' made the root a torch.fx GraphModule ({type(root).__name__}'s own "
                         f"methods, e.g. forward_features / reset_classifier, are gone; control flow was fixed at "
                         f"trace time in {'train' if root.training else 'eval'} mode)")
     if lost:
-        report.notes.append(f"forward hooks on modules traced through are gone: {', '.join(lost)}")
+        report.notes.append(f"hooks on modules traced through are gone: {', '.join(lost)}")
     missing = sorted(set(root.state_dict()) - set(gm.state_dict()))
     if missing:
         report.notes.append(f"unused by the traced forward, so not in the new state_dict: {', '.join(missing[:10])}"

@@ -23,7 +23,7 @@ from .functional_calls import discarded_in_code, find_by_tracing, find_in_code, 
 from .report import ConversionReport, Skip, Swap
 from .sizing import size_affine
 from .targets import Targets, conversion_hint, gate_types, is_activation, resolve_targets
-from .tracing import discarded_calls, trace
+from .tracing import HOOK_ATTRS, discarded_calls, trace
 from .wrappers import refuse_scripted, strip_wrappers, unwrap
 
 __all__ = ["convert_activations"]
@@ -32,8 +32,6 @@ logger = logging.getLogger("layeract_patch.convert")
 
 FUNCTIONAL_MODES = ("report", "convert", "ignore")
 _GATE_SLOTS = ("scale_activation", "gate")  # torchvision SqueezeExcitation, timm SE/ECA/CBAM gates
-_HOOK_ATTRS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
-               "_forward_pre_hooks_with_kwargs", "_backward_pre_hooks", "_backward_hooks", "_is_full_backward_hook")
 
 
 def convert_activations(model: nn.Module, to: Union[str, type, Mapping[type, Any]] = "la_silu", *,
@@ -296,7 +294,7 @@ def _refuse_discarded(chosen: Dict[int, List[_Slot]], discarded: Dict[int, Any])
 
 def _move_hooks(old: nn.Module, new: nn.Module, share: bool) -> None:
     """Give `new` the hooks of `old`; shared dicts keep the user's RemovableHandles working."""
-    for attr in _HOOK_ATTRS:
+    for attr in HOOK_ATTRS:
         value = old.__dict__.get(attr)
         if value is not None:
             new.__dict__[attr] = value if share or isinstance(value, bool) else copy.copy(value)

@@ -11,7 +11,12 @@ from typing import Dict, List, Optional, Tuple
 import torch.fx as fx
 from torch import nn
 
-__all__ = ["LeafTracer", "trace", "discarded_calls", "node_scope"]
+__all__ = ["LeafTracer", "trace", "discarded_calls", "node_scope", "HOOK_ATTRS"]
+
+# Where nn.Module keeps its hooks: the swap hands them to the module that replaces an activation, and a trace
+# inlines the modules it goes through, so their hooks no longer run in the GraphModule.
+HOOK_ATTRS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+              "_forward_pre_hooks_with_kwargs", "_backward_pre_hooks", "_backward_hooks", "_is_full_backward_hook")
 
 
 class LeafTracer(fx.Tracer):

@@ -40,6 +40,7 @@ from typing import Dict, List, Optional, Sequence
 from ..training.cifar_config import default_lr, default_milestones
 from ..training.outdir import claim_output
 from ..training.results import write_csv, write_json
+from ..training.spine import on_stop_signals
 from .presets import MODELS, RunSpec
 
 __all__ = ["StudyConfig", "Planned", "plan", "launch_order", "overview", "run_study", "rebuild_runs_csv",
@@ -174,10 +175,6 @@ def _stoppable():
     """SIGINT and SIGTERM stop the study as Ctrl-C does, also when it was started in the background (a shell
     starts `cmd &` with SIGINT ignored, and the recipes would inherit that). SIGTERM, sent to the runner
     alone, is passed on to the running recipes as SIGINT so they checkpoint; Ctrl-C reaches them directly."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
     def interrupt(signum, frame):
         if signum == signal.SIGTERM:
             with _running_lock:
@@ -185,12 +182,8 @@ def _stoppable():
                     process.send_signal(signal.SIGINT)
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with on_stop_signals(interrupt):
         yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _launch(item: Planned, config: StudyConfig, stop: threading.Event) -> Dict:

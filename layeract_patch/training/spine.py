@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
@@ -31,7 +31,7 @@ from .checkpoint import get_rng_state, save_checkpoint, set_rng_state
 from .distributed import DistInfo, all_reduce_sum, any_rank
 from .progress import Progress
 
-__all__ = ["Run", "LoopConfig", "fit", "GracefulStop", "CHECKPOINT_FORMAT"]
+__all__ = ["Run", "LoopConfig", "fit", "GracefulStop", "on_stop_signals", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -171,6 +171,21 @@ def _close_window(window: Tensor, step: int, lr: float, dist: DistInfo, hint: st
     return {"iteration": step, "train_loss": loss, "lr": lr, "steps": int(count) // dist.world_size}
 
 
+@contextmanager
+def on_stop_signals(handler: Callable[[int, Any], None]):
+    """`handler(signum, frame)` answers SIGINT and SIGTERM inside the block; the previous handlers come back after.
+    Signal handlers can only be installed from the main thread; elsewhere the block runs without them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
 class GracefulStop:
     """Context manager: the first SIGINT/SIGTERM sets `requested`; a second SIGINT interrupts at once.
 
@@ -183,7 +198,7 @@ class GracefulStop:
                  sync_every: int = 10) -> None:
         self.dist, self.device, self.sync_every = dist, device, sync_every
         self.requested = False
-        self._previous = {}
+        self._signals = ExitStack()
 
     def _handle(self, signum, frame) -> None:
         if self.requested and signum == signal.SIGINT:
@@ -193,15 +208,11 @@ class GracefulStop:
               f"(Ctrl-C again to quit without saving)", file=sys.stderr, flush=True)
 
     def __enter__(self) -> "GracefulStop":
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
+        self._signals.enter_context(on_stop_signals(self._handle))
         return self
 
     def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
+        self._signals.close()
 
     def should_stop(self, step: int) -> bool:
         if not self.dist.enabled:
