@@ -16,6 +16,7 @@ from layeract_patch.studies import presets
 from layeract_patch.studies.report import build_report
 from layeract_patch.studies.reproduce import (StudyConfig, launch_order, overview, plan, rebuild_runs_csv, run_study,
                                               shell_command)
+from layeract_patch.training.cifar_config import CIFAR_MODELS
 from layeract_patch.training.command import run_command
 from layeract_patch.training.data import imagefolder_layout
 from layeract_patch.training.outdir import check_output_path
@@ -30,7 +31,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="these seeds instead of the preset's")
     parser.add_argument("--depths", type=int, nargs="+", default=None, help="only these ResNet depths")
     parser.add_argument("--norms", nargs="+", default=None, help="only these norms (bn, ln, none)")
-    parser.add_argument("--models", nargs="+", default=None, help=f"only these models: {', '.join(presets.MODELS)}")
+    parser.add_argument("--models", nargs="+", default=None, help=f"only these models: {', '.join(CIFAR_MODELS)}")
     parser.add_argument("--max-iter", type=int, default=None,
                         help="this many iterations instead of the preset's (lr drops at 50%% and 75%%)")
     parser.add_argument("--data-dir", type=Path, default=Path("data"),

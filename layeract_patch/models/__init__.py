@@ -21,8 +21,6 @@ from .cifar_resnet import (BasicBlock, CifarResNet, cifar_resnet, cifar_resnet20
 from .layers import INITS, NORMS
 from .cnn import PaperCNN, layeract_cnn
 
-MODELS = {"cifar_resnet": cifar_resnet, "layeract_cnn": layeract_cnn}
-
 __all__ = ["CifarResNet", "BasicBlock", "PaperCNN", "cifar_resnet", "layeract_cnn", "cifar_resnet20",
-           "cifar_resnet32", "cifar_resnet44", "cifar_resnet56", "cifar_resnet110", "NORMS", "INITS", "MODELS"]
+           "cifar_resnet32", "cifar_resnet44", "cifar_resnet56", "cifar_resnet110", "NORMS", "INITS"]
 

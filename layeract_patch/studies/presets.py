@@ -17,11 +17,9 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 from ..models.layers import check_init, check_norm
 from ..catalogue import lookup
 from ..registry import ACTIVATIONS, get_act_layer
-from ..training.cifar_config import default_lr, default_milestones
+from ..training.cifar_config import CIFAR_MODELS, default_lr, default_milestones
 
-__all__ = ["Schedule", "RunSpec", "PRESETS", "paper", "cpu", "smoke", "grid", "select", "MODELS"]
-
-MODELS = {"cifar_resnet": "recipes/cifar_resnet.py", "layeract_cnn": "recipes/cifar_cnn.py"}
+__all__ = ["Schedule", "RunSpec", "PRESETS", "paper", "cpu", "smoke", "grid", "select"]
 
 
 @dataclass(frozen=True)
@@ -164,8 +162,8 @@ def select(preset: str, acts: Optional[Sequence[str]] = None, seeds: Optional[Se
     acts = [_act_name(a) for a in acts] if acts else None
     norms = [check_norm(n) for n in norms] if norms else None
     for model in models or ():
-        if model not in MODELS:
-            raise ValueError(f"unknown model {model!r}; choose one of: {', '.join(MODELS)}")
+        if model not in CIFAR_MODELS:
+            raise ValueError(f"unknown model {model!r}; choose one of: {', '.join(CIFAR_MODELS)}")
     if seeds is not None and len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds must be distinct, got {list(seeds)}")
     if max_iter is not None and max_iter <= 0:

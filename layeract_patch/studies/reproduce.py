@@ -37,11 +37,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from ..training.cifar_config import default_lr, default_milestones
+from ..training.cifar_config import CIFAR_MODELS, default_lr, default_milestones
 from ..training.outdir import claim_output
 from ..training.results import write_csv, write_json
 from ..training.spine import on_stop_signals
-from .presets import MODELS, RunSpec
+from .presets import RunSpec
 
 __all__ = ["StudyConfig", "Planned", "plan", "launch_order", "overview", "run_study", "rebuild_runs_csv",
            "shell_command", "RUN_COLUMNS", "REPO_ROOT"]
@@ -83,7 +83,7 @@ class StudyConfig:
         return self.data_dir_cifar100 if spec.dataset == "cifar100" and self.data_dir_cifar100 else self.data_dir
 
     def command(self, spec: RunSpec, resume: bool = False) -> List[str]:
-        cmd = [self.python, MODELS[spec.model], *spec.recipe_args(), "--data-dir", str(self.data_for(spec)),
+        cmd = [self.python, CIFAR_MODELS[spec.model], *spec.recipe_args(), "--data-dir", str(self.data_for(spec)),
                "--out", str(self.run_dir(spec))]
         if self.device != "auto":
             cmd += ["--device", self.device]

@@ -19,8 +19,12 @@ from ..registry import get_act_layer
 from .checkpoint import flag
 from .outdir import check_output_path
 
-__all__ = ["CifarConfig", "resolve_config", "default_lr", "default_milestones", "RUN_ONLY", "TORCHVISION_ONLY",
-           "EXTENDABLE", "INITS"]
+__all__ = ["CifarConfig", "resolve_config", "default_lr", "default_milestones", "CIFAR_MODELS", "RUN_ONLY",
+           "TORCHVISION_ONLY", "EXTENDABLE", "INITS"]
+
+# The CIFAR models, the one table: a name (CifarConfig.model, also the name of its timm-registered builder in
+# layeract_patch.models) -> the recipe that trains it. cli.py offers these names; the study runner runs these recipes.
+CIFAR_MODELS = {"cifar_resnet": "recipes/cifar_resnet.py", "layeract_cnn": "recipes/cifar_cnn.py"}
 
 
 def default_lr(norm: str) -> float:

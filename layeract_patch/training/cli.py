@@ -12,7 +12,7 @@ from typing import Dict, Optional, Sequence
 
 from ..registry import ACTIVATIONS
 from .cifar import prepare, train
-from .cifar_config import INITS, CifarConfig, resolve_config
+from .cifar_config import CIFAR_MODELS, INITS, CifarConfig, resolve_config
 from .distributed import cleanup_distributed
 from .outdir import claim_output
 from .command import HelpFormatter, run_command
@@ -20,7 +20,7 @@ from .data import imagefolder_layout
 
 __all__ = ["get_args_parser", "main", "run", "config_from_args", "MODEL_CHOICES"]
 
-MODEL_CHOICES = ("cifar_resnet", "layeract_cnn")
+MODEL_CHOICES = tuple(CIFAR_MODELS)
 
 
 def get_args_parser(model: str = "cifar_resnet", add_help: bool = True,

@@ -38,7 +38,7 @@ from .spine import LoopConfig, Run, fit
 __all__ = [
     "FinetuneConfig", "check_config", "run_finetune", "format_results", "create_model", "load_weights",
     "parse_model_name", "classifier_name", "num_classes", "set_num_classes", "data_transforms", "image_folders",
-    "check_images", "conversion_target", "evaluate", "finetune", "build_optimizer", "warmup_cosine", "ACT_CHOICES",
+    "check_images", "conversion_target", "evaluate_loader", "finetune", "build_optimizer", "warmup_cosine", "ACT_CHOICES",
     "OPTIMIZERS", "RUN_ONLY",
 ]
 
@@ -111,8 +111,8 @@ def _to_device(images: Tensor, targets: Tensor, device: torch.device, channels_l
 
 
 @torch.no_grad()  # without it every batch's graph stayed alive through `totals`: 10,000 images filled 22 GB
-def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
-             channels_last: bool = False) -> Dict[str, float]:
+def evaluate_loader(model: nn.Module, loader, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
+                    channels_last: bool = False) -> Dict[str, float]:
     """{"top1", "top5", "loss", "loss_std", "count"} of `model` in eval mode over a loader of preprocessed batches.
 
     The keys and their meaning are those of metrics.evaluate (the CIFAR recipes'), which scores a data
@@ -364,7 +364,7 @@ def _run(cfg: FinetuneConfig, out: Path, stream: TextIO) -> dict:
             print(f"{key}: evaluating on the {len(eval_set)} images of {Path(eval_set.root).name}/", file=stream,
                   flush=True)
             start = time.perf_counter()
-            results[key] = evaluate(net, eval_loader, device, amp_dtype, channels_last)
+            results[key] = evaluate_loader(net, eval_loader, device, amp_dtype, channels_last)
             results["seconds"][f"eval_{key}"] = round(time.perf_counter() - start, 2)
             write_json(results, results_path)
             print(f"{key}: top1 {results[key]['top1']:.2f}%", file=stream)
