@@ -38,8 +38,8 @@ from .spine import LoopConfig, Run, fit
 __all__ = [
     "FinetuneConfig", "check_config", "run_finetune", "format_results", "create_model", "load_weights",
     "parse_model_name", "classifier_name", "num_classes", "set_num_classes", "data_transforms", "image_folders",
-    "check_images", "conversion_target", "evaluate_loader", "finetune", "build_optimizer", "warmup_cosine", "ACT_CHOICES",
-    "OPTIMIZERS", "RUN_ONLY",
+    "check_images", "conversion_target", "evaluate_loader", "finetune", "build_optimizer", "warmup_cosine",
+    "ACT_CHOICES", "OPTIMIZERS", "RUN_ONLY", "CHECKPOINT_FORMAT",
 ]
 
 OPTIMIZERS = {"adamw": (1e-4, 0.05), "sgd": (1e-2, 1e-4)}  # name -> (default lr, default weight decay)
