@@ -8,7 +8,8 @@
     metrics.py     top-1/top-5/loss/loss-std evaluation
     robustness.py  a model under the CIFAR-C corruptions: per severity, group means, mCE
     results.py     results.json, CSVs, the multi-seed summary, loss curves
-    cifar.py, cli.py      the CIFAR recipes (typed config, one run per seed; flags)
+    cifar_config.py  the CIFAR recipes' typed config, its checks and the paper's defaults
+    cifar.py, cli.py      the CIFAR run (data on the device, one run per seed) and its flags
     finetune.py, pretrained.py   fine-tuning a timm / torchvision model after conversion
 
 The submodules import only torch; `main`, `get_args_parser` and `run` (the CIFAR recipes' CLI) load
