@@ -106,6 +106,8 @@ def collect(out: Path) -> List[dict]:
     rows = []
     for results_path in sorted(Path(out).glob("*/*_it*/results.json")):
         results = json.loads(results_path.read_text())
+        if "finetuned" not in results:  # a cell still running: its rows come when it has finished
+            continue
         act, seed = results_path.parts[-3].rsplit("_s", 1)
         start, budget = results_path.parent.name.rsplit("_it", 1)
         base = {"source": act, "seed": int(seed), "budget": int(budget)}
