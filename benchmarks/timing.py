@@ -109,17 +109,46 @@ def pin_heap() -> bool:
     return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, (1 << 31) - 1))
 
 
-def machine() -> str:
-    """One line naming the CPU, the threads in use and the load, to print beside the figures."""
-    cpu = platform.processor() or platform.machine()
+# the CPU features that decide how the kernels are built and which of ATen's kernels run
+_ISA = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile")
+
+
+def cpu_name() -> str:
+    """The CPU's model name, family and model numbers and its wide-vector features, from /proc/cpuinfo:
+    'Intel(R) Xeon(R) Processor (family 6 model 167; avx2 avx512f avx512_bf16 avx512_fp16 amx_tile)'.
+    (A virtual machine may report a generic name; the numbers and features still tell the CPUs apart.)"""
+    fields: Dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
+            for line in info:
+                name, _, value = line.partition(":")
+                fields.setdefault(name.strip(), value.strip())
+    except OSError:
         pass
+    cpu = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    details = [f"family {fields['cpu family']} model {fields['model']}"] if "cpu family" in fields else []
+    details.append(" ".join(isa for isa in _ISA if isa in flags))
+    details = [d for d in details if d]
+    return f"{cpu} ({'; '.join(details)})" if details else cpu
+
+
+def kernel_flags() -> str:
+    """How the 'cpu' backend's C kernel was built (compiler, version, flags), building it if needed."""
+    from layeract_patch._kernels import cpu_kernel
+    try:
+        return cpu_kernel.build_flags()
+    except (RuntimeError, OSError) as err:
+        return f"unavailable ({err})"
+
+
+def machine() -> str:
+    """One line naming the CPU, torch (and the vector width of ATen's CPU kernels), the threads in use, the load
+    and the C kernel's compiler flags, to print beside the figures."""
     try:
         with open("/proc/loadavg") as loadavg:
             load = f", load average {loadavg.read().split()[0]}"
     except OSError:
         load = ""
-    return f"{cpu}, torch {torch.__version__}, {torch.get_num_threads()} threads{load}"
+    return (f"{cpu_name()}, torch {torch.__version__} (ATen {torch.backends.cpu.get_cpu_capability()}), "
+            f"{torch.get_num_threads()} threads{load}; C kernel {kernel_flags()}")

@@ -245,6 +245,29 @@ def test_conversions_round_like_torch(compiled, tmp_path, monkeypatch, dtype, po
     torch.testing.assert_close(back, every.float(), rtol=0, atol=0, equal_nan=True)
 
 
+@pytest.mark.parametrize("capability", ["AVX512", "AVX2"], ids=["512-bit", "compiler-default"])
+def test_both_vector_widths_match_float64(c_only, tmp_path, monkeypatch, capability):
+    """The build that prefers 512-bit vectors (where ATen runs AVX-512) and the compiler's own choice (256 bits on
+    Intel's AVX-512 cores) both agree with the formula: every kind, dtype and layout, at lengths that are no multiple
+    of 8 or 16 (the vector loops' tails), and on a sample cut into chunks across threads."""
+    monkeypatch.setenv("LAYERACT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    cpu_kernel.library.cache_clear()
+    try:
+        assert ("-mprefer-vector-width=512" in cpu_kernel.build_flags().split()) == (capability == "AVX512")
+        for dtype in (torch.float32,) + HALF:
+            for shape in ((2, 3, 17, 19), (5, 33), (2, 48, 5, 5)):
+                x = (torch.randn(shape) * 2 + 0.5).to(dtype)
+                for layout in ((x, x.contiguous(memory_format=torch.channels_last)) if x.dim() == 4 else (x,)):
+                    for kind in KINDS:
+                        for affine in (False, True):
+                            check(layout, kind, affine)
+        torch.set_num_threads(3)
+        check((torch.randn(2, 8, 64, 66) + 3).to(torch.bfloat16), "silu", affine=True)
+    finally:
+        cpu_kernel.library.cache_clear()   # later tests load this machine's own build again
+
+
 def _run_benchmark(script: str, *args: str, timeout: int = 300) -> str:
     """stdout of `python benchmarks/<script> args...` on one thread, from the repository root; it must succeed."""
     import os

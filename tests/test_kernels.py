@@ -245,6 +245,49 @@ def test_build_is_cached_per_source_and_written_atomically(compiled, fresh_dispa
     assert cpu_kernel.build() == path and path.stat().st_mtime_ns == stamp
 
 
+WIDE = "-mprefer-vector-width=512"
+
+
+def test_the_build_prefers_512_bit_vectors_where_aten_runs_avx512(compiled, fresh_dispatch, monkeypatch, tmp_path):
+    monkeypatch.setenv("LAYERACT_CACHE_DIR", str(tmp_path))
+    if torch.backends.cpu.get_cpu_capability().startswith("AVX512"):   # this machine's own build, as users get it
+        assert WIDE in cpu_kernel.build_flags().split()
+    paths = {}
+    for capability in ("AVX512", "AVX2", "DEFAULT"):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+        cpu_kernel.library.cache_clear()
+        wide = capability == "AVX512"
+        assert (WIDE in cpu_kernel.optional_flags()[0]) == wide
+        assert cpu_kernel.optional_flags()[-4:] == cpu_kernel._OPTIONAL_FLAGS   # the fallbacks stay as they were
+        flags = cpu_kernel.build_flags()
+        assert (WIDE in flags.split()) == wide and "-march=native" in flags.split(), flags
+        paths[capability] = cpu_kernel.build()
+    assert paths["AVX512"] != paths["AVX2"] == paths["DEFAULT"]   # the choice is part of the cache key
+
+
+def test_a_compiler_refusing_the_width_flag_gets_the_plain_native_build(compiled, fresh_dispatch, monkeypatch,
+                                                                        tmp_path):
+    cc = tmp_path / "cc-without-width"
+    cc.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = "{WIDE}" ] && exit 1; done\n'
+                  f'exec {cpu_kernel.find_compiler()[0]} "$@"\n')
+    cc.chmod(0o755)
+    monkeypatch.setenv("CC", str(cc))
+    monkeypatch.setenv("LAYERACT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    flags = cpu_kernel.build_flags().split()
+    assert WIDE not in flags and flags[-2:] == ["-march=native", "-fopenmp"]
+    x = torch.randn(2, 3, 5, 7)
+    torch.testing.assert_close(cpu_kernel.forward(x, None, None, "silu", 1e-5, 1)[0], la_reference(x, "silu"))
+
+
+def test_layeract_cflags_come_last_and_key_the_cache(compiled, fresh_dispatch, monkeypatch, tmp_path):
+    monkeypatch.setenv("LAYERACT_CACHE_DIR", str(tmp_path))
+    plain = cpu_kernel.build()
+    monkeypatch.setenv("LAYERACT_CFLAGS", "-mprefer-vector-width=256 -DLAYERACT_UNUSED=1")
+    assert cpu_kernel.build() != plain
+    assert cpu_kernel.build_flags().endswith("-mprefer-vector-width=256 -DLAYERACT_UNUSED=1")
+
+
 def test_cpu_backend_declines_other_devices():
     assert not cpu_kernel.available(torch.device("meta"))
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import json
 import os
 import platform
 import shlex
@@ -45,6 +46,27 @@ _BASE_FLAGS = ["-O3", "-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math
                "-fassociative-math", "-ffinite-math-only"]
 # Tried in order; the last resorts give a portable or single-threaded build rather than none.
 _OPTIONAL_FLAGS = (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], [])
+# gcc and clang tune Intel's AVX-512 cores (Skylake-SP to Sapphire Rapids) to vectorise with 256-bit registers only
+# (gcc's avx256_optimal), so -march=native there left the kernel at half the width of ATen's own element-wise
+# kernels, which it is compared with and which run at 512 bits there (docs/results/speed has the figures).
+# gcc already vectorises at 512 bits for AMD's Zen 4 (12.2's code for it is the same byte for byte with or without
+# the flag), and a CPU without AVX-512 cannot use them, where the flag would only override a tuning's own narrower
+# choice (Zen 1's 128 bits); so it is asked for only where ATen's kernels run at 512 bits. A compiler that refuses it
+# falls back to the plain -march=native build.
+_WIDE_FLAGS = ["-march=native", "-mprefer-vector-width=512", "-fopenmp"]
+
+
+def wide_vectors() -> bool:
+    """Whether ATen's own CPU kernels use AVX-512 here: then the kernel is built to prefer 512-bit vectors too."""
+    try:
+        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    except (AttributeError, RuntimeError):  # a torch without the query: keep the compiler's own choice
+        return False
+
+
+def optional_flags() -> Tuple[List[str], ...]:
+    """The flag sets tried after the base flags, in order, for this CPU (part of the cache key)."""
+    return ((_WIDE_FLAGS,) if wide_vectors() else ()) + _OPTIONAL_FLAGS
 
 
 def cache_dir() -> Path:
@@ -75,12 +97,27 @@ def _cpu_id() -> str:
         return f"{platform.machine()} {platform.processor()}"
 
 
+def _compiler_version(compiler: List[str]) -> str:
+    """The compiler's version as it reports it ('12.2.0'), or '' if it will not say."""
+    try:
+        run = subprocess.run([*compiler, "-dumpfullversion", "-dumpversion"], capture_output=True, text=True,
+                             timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return run.stdout.strip() if run.returncode == 0 else ""
+
+
 def _compile(compiler: List[str], flags: List[str], target: Path) -> Optional[str]:
-    """Compile SOURCE to `target` atomically; None on success, else the compiler's complaint."""
+    """Compile SOURCE to `target` atomically; None on success, else the compiler's complaint.
+    The library keeps the compiler and flags it was built with (build_flags() reads them back)."""
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
+    version = _compiler_version(compiler)
+    described = f"{' '.join([os.path.basename(compiler[0]), *compiler[1:], version]).strip()}: {' '.join(flags)}"
+    record = f"-DLAYERACT_BUILD_FLAGS={json.dumps(described)}"  # a C string literal (ASCII escapes)
     try:
-        run = subprocess.run([*compiler, *flags, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True)
+        run = subprocess.run([*compiler, *flags, record, str(SOURCE), "-o", tmp, "-lm"], capture_output=True,
+                             text=True)
         if run.returncode != 0:
             lines = (run.stderr or run.stdout).strip().splitlines()
             return lines[-1] if lines else f"exit status {run.returncode}"
@@ -111,12 +148,15 @@ def build(extra_flags: Sequence[str] = ()) -> Path:
     """The path of the compiled library, compiling it first if it is not cached yet.
 
     extra_flags go to the compiler after the usual ones (the tests build with -DLAYERACT_PORTABLE
-    to check the conversions that machines without F16C or AVX512-BF16 use).
+    to check the conversions that machines without F16C or AVX512-BF16 use). $LAYERACT_CFLAGS, if set,
+    comes last, so it can override this module's choices (e.g. -mprefer-vector-width=256).
     """
     compiler = find_compiler()
     base = _BASE_FLAGS + list(extra_flags)
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(compiler), " ".join(base),
-                                    repr(_OPTIONAL_FLAGS), _cpu_id()]).encode()).hexdigest()[:16]
+    user = shlex.split(os.environ.get("LAYERACT_CFLAGS", ""))
+    tiers = optional_flags()
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(compiler), " ".join(base), " ".join(user),
+                                    repr(tiers), _cpu_id()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"layeract_cpu-{key}.so"
     try:
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -128,8 +168,8 @@ def build(extra_flags: Sequence[str] = ()) -> Path:
         _check_private(target)
         return target
     complaint = None
-    for extra in _OPTIONAL_FLAGS:
-        complaint = _compile(compiler, base + extra, target)
+    for extra in tiers:
+        complaint = _compile(compiler, base + extra + user, target)
         if complaint is None:
             return target
     raise RuntimeError(f"compiling {SOURCE.name} with {' '.join(compiler)} failed: {complaint}")
@@ -151,7 +191,15 @@ def library(extra_flags: Tuple[str, ...] = ()) -> ctypes.CDLL:
     for convert in (lib.layeract_to_float, lib.layeract_from_float):
         convert.argtypes = [ptr, ptr, i64, i32]
         convert.restype = None
+    lib.layeract_build_flags.argtypes = []
+    lib.layeract_build_flags.restype = ctypes.c_char_p
     return lib
+
+
+def build_flags(extra_flags: Tuple[str, ...] = ()) -> str:
+    """The compiler, its version and the flags the kernel library was built with, e.g.
+    'gcc 12.2.0: -O3 ... -march=native -mprefer-vector-width=512 -fopenmp' (building it first if needed)."""
+    return library(extra_flags).layeract_build_flags().decode()
 
 
 def available(device: torch.device) -> bool:

@@ -51,6 +51,12 @@
 #define INLINE static inline __attribute__((always_inline))
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
 
+/* The compiler and flags of this build, as cpu_kernel.py passes them in (the benchmarks print them). */
+#ifndef LAYERACT_BUILD_FLAGS
+#define LAYERACT_BUILD_FLAGS "unknown"
+#endif
+const char *layeract_build_flags(void) { return LAYERACT_BUILD_FLAGS; }
+
 /* ---------------------------------------------------------------- half precision <-> float */
 
 INLINE float float_of_bits(uint32_t bits) {
