@@ -4,6 +4,7 @@
     python benchmarks/bench_activation.py --shapes 8x16x32x32 --budget 2 --kinds silu --dtypes fp32 --threads 1
     python benchmarks/bench_activation.py --compare --dtypes fp32 --threads 1   # also the eager and plain-formula paths
     python benchmarks/bench_activation.py --kernels-alone --kinds hardsilu --dtypes fp32   # also without autograd
+    python benchmarks/bench_activation.py --kernels-alone --kernel-flags=-mprefer-vector-width=256   # two builds
     python benchmarks/bench_activation.py --kinds gelu,gelu_tanh      # issue 25: LA-GELU beside nn.GELU
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_activation.py --cpu-clock --threads 1   # on a shared machine
 
@@ -17,11 +18,14 @@ then prints the bytes autograd keeps for backward as a multiple of the input's b
 --kernels-alone adds a line per case for the kernels called directly, without autograd and without
 LayerAct's Python layers: the 'cpu' backend's forward and backward against aten's element-wise
 forward and backward ops. Its distance from the main line is what the Python autograd path costs.
+--kernel-flags adds, in the same interleaved measurement, the kernels built with those compiler flags
+appended (a build of its own, cached apart), so two builds are compared in one process.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from functools import partial
@@ -113,10 +117,11 @@ def measure(kind: str, x: Tensor, budget: float, repeats: int, compare: bool,
     return result
 
 
-def kernels_alone(kind: str, x: Tensor, budget: float, repeats: int,
-                  clock: Callable[[], float]) -> Tuple[float, float, float, float]:
-    """(median ratio, lowest, highest, aten's median seconds): the 'cpu' backend's forward+backward over
-    aten's element-wise forward+backward ops, each called directly (no autograd, no LayerAct checks)."""
+def kernels_alone(kind: str, x: Tensor, budget: float, repeats: int, clock: Callable[[], float],
+                  other_flags: Tuple[str, ...] = ()) -> Dict[str, Tuple[float, float, float, float]]:
+    """'fused' (and with other_flags, 'other': the kernels built with those flags appended) -> (median ratio,
+    lowest, highest, median seconds): the 'cpu' backend's forward+backward over aten's element-wise
+    forward+backward ops, each called directly (no autograd, no LayerAct checks); 'aten' -> its own line."""
     xd, grad = x.detach(), torch.randn_like(x)
     forward, backward = ATEN_PAIR[kind]
 
@@ -124,14 +129,16 @@ def kernels_alone(kind: str, x: Tensor, budget: float, repeats: int,
         forward(xd)
         backward(grad, xd)
 
-    def fused() -> None:
-        _, mean, rstd = cpu_kernel.forward(xd, None, None, kind, DEFAULT_ALPHA, 1)
-        cpu_kernel.backward(grad, xd, mean, rstd, None, None, kind, 1)
+    def fused(lib=None) -> None:
+        _, mean, rstd = cpu_kernel.forward(xd, None, None, kind, DEFAULT_ALPHA, 1, lib)
+        cpu_kernel.backward(grad, xd, mean, rstd, None, None, kind, 1, lib)
 
     cases = {"aten": aten, "fused": fused}
+    if other_flags:
+        other = cpu_kernel.library(other_flags)
+        cases["other"] = lambda: fused(other)
     rounds = rounds_for(cases, budget / repeats, lo=5, hi=200)
-    result = repeated_ratios(cases, "aten", rounds, repeats, clock=clock)
-    return result["fused"][:3] + (result["aten"][3],)
+    return repeated_ratios(cases, "aten", rounds, repeats, clock=clock)
 
 
 def _op_name(op) -> str:
@@ -165,6 +172,9 @@ def main(argv=None) -> int:
     parser.add_argument("--kernels-alone", action="store_true",
                         help="also time the kernels without autograd: the 'cpu' backend's forward and backward "
                              "against aten's element-wise ops")
+    parser.add_argument("--kernel-flags", default="", metavar="FLAGS",
+                        help="with --kernels-alone: also time the kernels built with these compiler flags appended "
+                             "(e.g. --kernel-flags=-mprefer-vector-width=256), in the same interleaved measurement")
     parser.add_argument("--channels-last", action="store_true", help="time channels_last inputs")
     parser.add_argument("--default-heap", action="store_true",
                         help="leave glibc's heap trimming on (see timing.pin_heap for why it is off by default)")
@@ -183,6 +193,9 @@ def main(argv=None) -> int:
                                              f"(got {bad or kinds + dtypes}), shapes non-empty, budget > 0, repeats >= 1")
         if not threads or min(threads) < 1:
             raise argparse.ArgumentTypeError(f"--threads takes positive counts, e.g. 1,2 (got {args.threads!r})")
+        if args.kernel_flags and not args.kernels_alone:
+            raise argparse.ArgumentTypeError("--kernel-flags adds a build to the --kernels-alone lines: add "
+                                             "--kernels-alone")
         if args.cpu_clock and max(threads) > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
             raise argparse.ArgumentTypeError("--cpu-clock with several threads needs OMP_WAIT_POLICY=PASSIVE in the "
                                              "environment (or --threads 1)")
@@ -195,6 +208,9 @@ def main(argv=None) -> int:
           f"plain activation, median (range) of {args.repeats} repeats of an interleaved measurement in one process")
     print(f"# {machine()}; auto backend here: {layeract_patch.backend('cpu')!r}; "
           f"{'glibc heap kept (no trimming)' if pinned else 'default heap'}")
+    other_flags = tuple(shlex.split(args.kernel_flags))
+    if other_flags:
+        print(f"# --kernel-flags build: C kernel {cpu_kernel.build_flags(other_flags)}")
     for count in threads:
         torch.set_num_threads(count)
         clock = time.perf_counter
@@ -216,11 +232,18 @@ def main(argv=None) -> int:
                               f"{ratio:.3f}x {base_name} (range {lo:.3f}-{hi:.3f}; {base_name} "
                               f"{result[base_name][3] * 1e3:.2f} ms){verdict}", flush=True)
                     if args.kernels_alone:
-                        ratio, lo, hi, seconds = kernels_alone(kind, x, args.budget, args.repeats, clock)
+                        alone = kernels_alone(kind, x, args.budget, args.repeats, clock, other_flags)
+                        ratio, lo, hi, _ = alone["fused"]
                         aten_name = "+".join(_op_name(op) for op in ATEN_PAIR[kind])
+                        also = ""
+                        if other_flags:
+                            o_ratio, o_lo, o_hi, _ = alone["other"]
+                            also = (f"; built with {' '.join(other_flags)} added: {o_ratio:.3f}x aten "
+                                    f"(range {o_lo:.3f}-{o_hi:.3f})")
                         print(f"{dtype_name} {count} thread{'s' if count > 1 else ''} {LABEL[kind]} "
                               f"{'x'.join(map(str, shape))}, kernels alone (no autograd): {ratio:.3f}x aten "
-                              f"{aten_name} (range {lo:.3f}-{hi:.3f}; aten {seconds * 1e3:.3f} ms)", flush=True)
+                              f"{aten_name} (range {lo:.3f}-{hi:.3f}; aten {alone['aten'][3] * 1e3:.3f} ms){also}",
+                              flush=True)
     for dtype_name in dtypes:
         for kind in kinds:
             print(saved_line(kind, dtype_name, shapes[0]))

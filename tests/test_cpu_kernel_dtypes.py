@@ -290,9 +290,15 @@ def test_benchmarks_print_one_line_per_figure(compiled):
     assert len(figures) == 4 and all("1 thread" in line for line in figures), stdout
     assert sum("saved for backward" in line for line in stdout.splitlines()) == 4
     stdout = _run_benchmark("bench_activation.py", "--shapes", "4x4x8x8", "--budget", "0.05", "--threads", "1",
-                            "--dtypes", "fp32", "--kinds", "hardsilu", "--kernels-alone")
+                            "--dtypes", "fp32", "--kinds", "hardsilu", "--kernels-alone",
+                            "--kernel-flags=-mprefer-vector-width=256")
     alone = [line for line in stdout.splitlines() if "kernels alone (no autograd)" in line]
     assert len(alone) == 1 and "x aten hardswish+hardswish_backward (range " in alone[0], stdout
+    assert "; built with -mprefer-vector-width=256 added: " in alone[0], stdout
+    header = stdout.splitlines()[1]   # the CPU, torch and the kernel's compiler flags, then the second build's
+    assert "torch " in header and " C kernel " in header and " -O3 " in header, stdout
+    assert stdout.splitlines()[2].startswith("# --kernel-flags build: C kernel ") and stdout.splitlines()[2].endswith(
+        " -mprefer-vector-width=256"), stdout
     stdout = _run_benchmark("bench_resnet_step.py", "--depth", "8", "--batch", "4", "--budget", "0.1",
                             "--precision", "bf16", "--threads", "1")
     assert "bf16 step LA-SiLU, 'cpu' kernel:" in stdout and "target <= 1.2x" in stdout, stdout
@@ -300,9 +306,11 @@ def test_benchmarks_print_one_line_per_figure(compiled):
 
 @pytest.mark.slow
 def test_the_compile_benchmark_runs_for_either_kind(compiled):
-    """bench_compile_step.py end to end at a tiny size: graph facts, then one line per case with its range."""
+    """bench_compile_step.py end to end at a tiny size (under bf16 autocast): graph facts, then one line per case
+    with its range."""
     stdout = _run_benchmark("bench_compile_step.py", "--kind", "hardsilu", "--depth", "8", "--batch", "4",
-                            "--budget", "0.1", "--repeats", "2", "--threads", "1", timeout=600)
+                            "--budget", "0.1", "--repeats", "2", "--threads", "1", "--precision", "bf16", timeout=600)
+    assert "C kernel " in stdout.splitlines()[0] and "batch 4, bf16 (CPU autocast), 1 thread(s)" in stdout, stdout
     assert "compiled LA-HardSiLU ResNet-8: 0 graph break(s), 7 layeract op node(s)" in stdout, stdout
     lines = [line for line in stdout.splitlines() if line.startswith("  ")]
     assert [" ".join(line.split()[:2]) for line in lines] == ["Hardswish, compiled", "LA-HardSiLU, compiled",

@@ -148,8 +148,9 @@ def build(extra_flags: Sequence[str] = ()) -> Path:
     """The path of the compiled library, compiling it first if it is not cached yet.
 
     extra_flags go to the compiler after the usual ones (the tests build with -DLAYERACT_PORTABLE
-    to check the conversions that machines without F16C or AVX512-BF16 use). $LAYERACT_CFLAGS, if set,
-    comes last, so it can override this module's choices (e.g. -mprefer-vector-width=256).
+    to check the conversions that machines without F16C or AVX512-BF16 use; the benchmarks time a build with
+    -mprefer-vector-width=256 beside this one), and $LAYERACT_CFLAGS, if set, after those: either can
+    override this module's choices.
     """
     compiler = find_compiler()
     base = _BASE_FLAGS + list(extra_flags)
@@ -169,7 +170,7 @@ def build(extra_flags: Sequence[str] = ()) -> Path:
         return target
     complaint = None
     for extra in tiers:
-        complaint = _compile(compiler, base + extra + user, target)
+        complaint = _compile(compiler, _BASE_FLAGS + extra + list(extra_flags) + user, target)
         if complaint is None:
             return target
     raise RuntimeError(f"compiling {SOURCE.name} with {' '.join(compiler)} failed: {complaint}")
@@ -219,7 +220,8 @@ def _param(p: Optional[Tensor]) -> Optional[Tensor]:
 
 
 def forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], kind: str, alpha: float,
-            start_dim: int) -> Tuple[Tensor, Tensor, Tensor]:
+            start_dim: int, lib: Optional[ctypes.CDLL] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """lib: a library() built with other flags (the benchmarks compare builds); default, this machine's."""
     dtype = DTYPE_CODE.get(x.dtype)
     if dtype is None or not x.is_cpu or x.numel() == 0:
         return torch_ops.forward(x, weight, bias, kind, alpha, start_dim)
@@ -230,14 +232,15 @@ def forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], kind: s
     mean = torch.empty(rows, dtype=torch.float32)
     rstd = torch.empty(rows, dtype=torch.float32)
     weight, bias = _param(weight), _param(bias)
-    library().layeract_forward(xd.data_ptr(), out.data_ptr(), mean.data_ptr(), rstd.data_ptr(), _ptr(weight),
-                               _ptr(bias), rows, length, channels, inner, alpha, kernel_code(kind), dtype,
-                               torch.get_num_threads())
+    (lib or library()).layeract_forward(xd.data_ptr(), out.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
+                                        _ptr(weight), _ptr(bias), rows, length, channels, inner, alpha,
+                                        kernel_code(kind), dtype, torch.get_num_threads())
     return out, mean, rstd
 
 
 def backward(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-             kind: str, start_dim: int) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+             kind: str, start_dim: int, lib: Optional[ctypes.CDLL] = None
+             ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
     dtype = DTYPE_CODE.get(x.dtype)
     if dtype is None or not x.is_cpu or x.numel() == 0:
         return torch_ops.backward(grad, x, mean, rstd, weight, bias, kind, start_dim)
@@ -250,9 +253,10 @@ def backward(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Option
     if weight is not None:
         dweight = torch.empty(channels, dtype=torch.float32)
         dbias = torch.empty(channels, dtype=torch.float32)
-    status = library().layeract_backward(g.data_ptr(), xd.data_ptr(), mean.data_ptr(), rstd.data_ptr(), _ptr(w),
-                                         _ptr(b), dx.data_ptr(), _ptr(dweight), _ptr(dbias), rows, length, channels,
-                                         inner, kernel_code(kind), dtype, torch.get_num_threads())
+    status = (lib or library()).layeract_backward(g.data_ptr(), xd.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
+                                                  _ptr(w), _ptr(b), dx.data_ptr(), _ptr(dweight), _ptr(dbias), rows,
+                                                  length, channels, inner, kernel_code(kind), dtype,
+                                                  torch.get_num_threads())
     if status != 0:
         raise MemoryError("layeract_patch: the CPU kernel could not allocate its gradient buffers")
     if weight is not None:
