@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import machine  # noqa: E402
 
 from layeract_patch import Calibration, convert_activations  # noqa: E402
+from layeract_patch.training.batches import normalize  # noqa: E402
 from layeract_patch.training.data import load_images  # noqa: E402
 from layeract_patch.training.metrics import evaluate  # noqa: E402
 
@@ -68,8 +69,7 @@ def main(args: argparse.Namespace) -> list:
     train_images, _, _ = load_images(args.data_dir, train=True, download=False)
     test_images, test_labels, _ = load_images(args.data_dir, train=False, download=False)
     rows = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(args.seed))[:args.samples]
-    calibration = ((train_images[rows].float() / 255 - torch.tensor(mean).view(1, 3, 1, 1))
-                   / torch.tensor(std).view(1, 3, 1, 1))
+    calibration = normalize(train_images[rows], mean, std)
     plain_to = args.to[: -len("_affine")] if args.to.endswith("_affine") else args.to
 
     def score(label: str, model, seconds=None, wall=None) -> dict:

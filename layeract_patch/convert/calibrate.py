@@ -33,7 +33,8 @@ from ..modules import LayerAct
 from .report import LayerCalibration
 from .wrappers import unwrap
 
-__all__ = ["Calibration", "LayerCalibration", "calibration_batches", "check_model_runs", "calibrate_sites"]
+__all__ = ["Calibration", "LayerCalibration", "calibration_batches", "check_model_runs", "calibrate_sites",
+           "on_model_device"]
 
 # The closed-form start is scaled by the gain that fits best: 1 for a source of the target's own family (SiLU
 # -> LA-SiLU), ~1.5 across the smooth and hard families, large for ReLU's step.
@@ -113,6 +114,12 @@ def _device_of(model: nn.Module) -> Optional[torch.device]:
     return None if first is None else first.device
 
 
+def on_model_device(model: nn.Module, batch: Tensor) -> Tensor:
+    """`batch` on the device of the model's first parameter (or buffer); as it is for a model without either."""
+    device = _device_of(model)
+    return batch if device is None else batch.to(device)
+
+
 class _EvalMode:
     """Eval mode and no_grad for the block; every module's own train/eval flag comes back after it."""
 
@@ -134,8 +141,7 @@ def check_model_runs(model: nn.Module, batches: Sequence[Tensor]) -> None:
     """Run the original model on the first batch (eval mode, no grad), so data it cannot take fails before the
     model is converted. Buffers are not written in eval mode."""
     inner = unwrap(model)
-    device = _device_of(inner)
-    batch = batches[0][:2].to(device) if device is not None else batches[0][:2]
+    batch = on_model_device(inner, batches[0][:2])
     try:
         with _EvalMode(inner):
             inner(batch)
@@ -165,7 +171,7 @@ def _forward_order(model: nn.Module, sites: List[_Site], batch: Tensor) -> List[
     return sorted((s for s in sites if id(s.module) in order), key=lambda s: order[id(s.module)])
 
 
-def _site_inputs(model: nn.Module, site: _Site, batches: Sequence[Tensor], device) -> Tensor:
+def _site_inputs(model: nn.Module, site: _Site, batches: Sequence[Tensor]) -> Tensor:
     """Every input the site sees over the calibration batches (its first call per forward), stacked."""
     seen: List[Tensor] = []
 
@@ -177,7 +183,7 @@ def _site_inputs(model: nn.Module, site: _Site, batches: Sequence[Tensor], devic
     try:
         for batch in batches:
             try:
-                model(batch.to(device) if device is not None else batch)
+                model(on_model_device(model, batch))
             except _Stop:
                 pass
     finally:
@@ -259,14 +265,12 @@ def calibrate_sites(model: nn.Module, sites: List[Tuple[str, LayerAct, nn.Module
     """Fit every (fqn, affine LayerAct, replaced activation) site, in forward order; returns a record per site
     and the names of sites no forward reached (left at weight 1, bias 0)."""
     inner = unwrap(model)
-    device = _device_of(inner)
     todo = [_Site(*site) for site in sites]
     records: List[LayerCalibration] = []
     with _EvalMode(inner):
-        first = batches[0].to(device) if device is not None else batches[0]
-        ordered = _forward_order(inner, todo, first)
+        ordered = _forward_order(inner, todo, on_model_device(inner, batches[0]))
         for site in ordered:
-            x = _site_inputs(inner, site, batches, device)
+            x = _site_inputs(inner, site, batches)
             target = torch.cat([_source_output(site.source, chunk) for chunk in x.split(256)])
             plain, calibrated = _fit(site, x, target, how)
             records.append(LayerCalibration(site.fqn, type(site.source).__name__, plain, calibrated, len(x)))

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils.parametrize import is_parametrized
 
 from ..modules import LayerAct
-from .calibrate import as_calibration, calibrate_sites, calibration_batches, check_model_runs
+from .calibrate import as_calibration, calibrate_sites, calibration_batches, check_model_runs, on_model_device
 from .call_sites import CallSiteActs
 from .example_forward import record
 from .functional_calls import discarded_in_code, find_by_tracing, find_in_code, rewrite
@@ -112,7 +112,7 @@ def convert_activations(model: nn.Module, to: Union[str, type, Mapping[type, Any
         batches = calibration_batches(calibrate.data)
         check_model_runs(model, batches)
         if example_input is None:
-            example_input = _on_device_of(model, batches[0])
+            example_input = on_model_device(model, batches[0])
     if targets.any_affine and isinstance(model, nn.parallel.DistributedDataParallel):
         raise ValueError("affine=True adds parameters, which DistributedDataParallel would not synchronize: convert "
                          "model.module first, then wrap it in DDP and build the optimizer")
@@ -188,14 +188,9 @@ def _require_affine(targets: Targets, to: Any) -> None:
     plain = [t for t in targets.by_type.values() if not t.affine]
     if plain:
         name = to.strip().lower() if isinstance(to, str) else f"{plain[0].cls.__name__}"
-        fix = f"to={name + '_affine'!r}" if isinstance(to, str) else "affine=True"
+        fix = f"to={name + '_affine'!r} (or affine=True)" if isinstance(to, str) else "affine=True"
         raise ValueError(f"calibrate= fits the weight and bias of an affine LayerAct, and the target "
-                         f"{plain[0].describe()} has none; convert with {fix} (or affine=True)")
-
-
-def _on_device_of(model: nn.Module, batch: Any) -> Any:
-    first = next(iter(model.parameters()), next(iter(model.buffers()), None))
-    return batch.to(first.device) if first is not None else batch
+                         f"{plain[0].describe()} has none; convert with {fix}")
 
 
 class _Slot(NamedTuple):

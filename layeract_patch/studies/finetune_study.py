@@ -97,9 +97,6 @@ def run_grid(cfg: GridConfig, stream=None) -> None:
 
 # ------------------------------------------------------------------------------------------------ table
 
-STATES = (("original", "original", "original"), ("plain swap", "calibrated", "plain_swap"),
-          ("calibrated swap", "calibrated", "converted"))
-
 
 def collect(out: Path) -> List[dict]:
     """One row per (source act, seed, state, budget) from the run folders under `out`."""
@@ -145,7 +142,7 @@ def format_table(rows: List[dict]) -> str:
                 top1 = [r["top1"] for r in by_seed.values()]
                 std = [r["loss_std"] for r in by_seed.values()]
                 lines.append(f"| {source} | {state} | {iterations} | {len(by_seed)} | {_summary(top1)} | "
-                             f"{_summary([s for s in std])} |")
+                             f"{_summary(std)} |")
     return "\n".join(lines)
 
 
