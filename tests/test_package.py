@@ -25,7 +25,7 @@ def test_import_loads_neither_timm_nor_torchvision():
 # (the arrows of the design: _math <- _kernels <- functional <- modules <- convert, models <- training
 # <- studies). The catalogue is a leaf beside the math: it names activations and imports nothing.
 LAYERS = (
-    ("_math", "catalogue", "corruptions"),       # the formula, the names, the image corruptions
+    ("_math", "catalogue", "corruptions", "_eval_mode"),  # the formula, the names, the image corruptions, eval mode
     ("_kernels",),                               # the op and its backends (the kernel codes come from the catalogue)
     ("functional",),                             # the public functions: a thin face over the op
     ("modules",),                                # LASiLU, LAHardSiLU, LAGELU

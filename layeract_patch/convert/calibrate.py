@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Se
 import torch
 from torch import Tensor, nn
 
+from .._eval_mode import evaluating
 from ..functional import layer_act, layer_stats
 from ..modules import LayerAct
 from .report import LayerCalibration
@@ -120,30 +121,13 @@ def on_model_device(model: nn.Module, batch: Tensor) -> Tensor:
     return batch if device is None else batch.to(device)
 
 
-class _EvalMode:
-    """Eval mode and no_grad for the block; every module's own train/eval flag comes back after it."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model, self.flags = model, [(m, m.training) for m in model.modules()]
-
-    def __enter__(self) -> None:
-        self.grad = torch.is_grad_enabled()
-        torch.set_grad_enabled(False)
-        self.model.eval()
-
-    def __exit__(self, *exc: Any) -> None:
-        for module, flag in self.flags:
-            module.training = flag
-        torch.set_grad_enabled(self.grad)
-
-
 def check_model_runs(model: nn.Module, batches: Sequence[Tensor]) -> None:
     """Run the original model on the first batch (eval mode, no grad), so data it cannot take fails before the
     model is converted. Buffers are not written in eval mode."""
     inner = unwrap(model)
     batch = on_model_device(inner, batches[0][:2])
     try:
-        with _EvalMode(inner):
+        with evaluating(inner):
             inner(batch)
     except Exception as error:  # any failure of the user's model on the data: say it is the data
         raise ValueError(f"calibrate=: {type(model).__name__} cannot run on the calibration data (a batch of shape "
@@ -267,7 +251,7 @@ def calibrate_sites(model: nn.Module, sites: List[Tuple[str, LayerAct, nn.Module
     inner = unwrap(model)
     todo = [_Site(*site) for site in sites]
     records: List[LayerCalibration] = []
-    with _EvalMode(inner):
+    with evaluating(inner):
         ordered = _forward_order(inner, todo, on_model_device(inner, batches[0]))
         for site in ordered:
             x = _site_inputs(inner, site, batches)

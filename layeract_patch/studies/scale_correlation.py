@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._eval_mode import evaluating
 from ..monitor import ScaleMonitor, pearson_per_layer
 from ..registry import create_act_layer, get_act_layer
 from ..training import results
@@ -163,17 +164,13 @@ def make_mlp(in_features: int, width: int, act: str, num_classes: int, depth: in
     return nn.Sequential(layers)
 
 
-@torch.no_grad()
 def _measure(model: nn.Module, data: StudyData) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
-    was_training = model.training
-    model.eval()
     losses, correct = [], []
-    with ScaleMonitor(model) as monitor:
+    with evaluating(model), ScaleMonitor(model) as monitor:
         for index in data.eval_index.split(_EVAL_CHUNK):
             logits = model(data.inputs(index))
             losses.append(F.cross_entropy(logits, data.labels[index], reduction="none"))
             correct.append(logits.argmax(1) == data.labels[index])
-    model.train(was_training)
     return torch.cat(losses), torch.cat(correct), monitor.sums
 
 

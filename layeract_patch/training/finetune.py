@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from .. import catalogue
+from .._eval_mode import evaluating
 from .checkpoint import check_resume, flag, load_checkpoint, save_checkpoint
 from .distributed import resolve_device
 from .folders import EpochOrder, SeededDraws, check_images, image_folders
@@ -110,7 +111,6 @@ def _to_device(images: Tensor, targets: Tensor, device: torch.device, channels_l
     return images, targets.to(device, non_blocking=True)
 
 
-@torch.no_grad()  # without it every batch's graph stayed alive through `totals`: 10,000 images filled 22 GB
 def evaluate_loader(model: nn.Module, loader, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
                     channels_last: bool = False) -> Dict[str, float]:
     """{"top1", "top5", "loss", "loss_std", "count"} of `model` in eval mode over a loader of preprocessed batches.
@@ -118,15 +118,13 @@ def evaluate_loader(model: nn.Module, loader, device: torch.device, amp_dtype: O
     The keys and their meaning are those of metrics.evaluate (the CIFAR recipes'), which scores a data
     set held on the device; here the held-out split streams through the model's own eval transform.
     """
-    was_training = model.training
-    model.eval()
     totals = torch.zeros(5, dtype=torch.float64, device=device)  # loss, loss^2, top1, top5, count
-    for images, targets in loader:
-        images, targets = _to_device(images, targets, device, channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = logits_of(model(images))
-        totals += batch_scores(logits, targets)
-    model.train(was_training)
+    with evaluating(model):  # no_grad: else every batch's graph stayed alive through `totals` (22 GB)
+        for images, targets in loader:
+            images, targets = _to_device(images, targets, device, channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = logits_of(model(images))
+            totals += batch_scores(logits, targets)
     return summarize_scores(totals, "the held-out split holds no images")
 
 
@@ -270,10 +268,8 @@ def check_config(cfg: FinetuneConfig) -> FinetuneConfig:
 
 def _check_input_size(model: nn.Module, spec: str, example: Tensor, img_size: Optional[int]) -> None:
     """ValueError naming the flags to pass when the model cannot take the inputs its transforms make."""
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with evaluating(model):
             model(example)
     except (RuntimeError, AssertionError, ValueError) as err:
         side = example.shape[-1]
@@ -282,8 +278,6 @@ def _check_input_size(model: nn.Module, spec: str, example: Tensor, img_size: Op
         own = f"--img-size {native[-1]} (its own input size), or " if native[-1] and native[-1] != side else ""
         raise ValueError(f"{spec} does not take {side}x{side} inputs ({str(err).splitlines()[0]}); pass {own}build "
                          f"it for {side}x{side} with --model-kwargs {input_size_kwarg(spec)}={side}") from None
-    finally:
-        model.train(was_training)
 
 
 def run_finetune(config: FinetuneConfig, stream: Optional[TextIO] = None) -> dict:

@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._eval_mode import evaluating
 from .batches import normalize
 from .distributed import DistInfo, all_reduce_sum
 
 __all__ = ["evaluate", "batch_scores", "summarize_scores"]
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, images: Tensor, labels: Tensor, mean: Sequence[float], std: Sequence[float],
              batch_size: int = 1000, amp: bool = False, channels_last: bool = False,
              dist: DistInfo = DistInfo()) -> Dict[str, float]:
@@ -25,15 +25,13 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, mean: Sequence[fl
     `loss_std` is the population standard deviation of the per-sample cross-entropy (the paper's
     Table 5). Under DDP each rank scores every world_size-th image and the sums are all-reduced.
     """
-    was_training = model.training
-    model.eval()
     device = images.device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
     # float64 sums: a squared-loss sum over 10k samples loses digits in float32.
     totals = torch.zeros(5, dtype=torch.float64, device=device)
     mean, std = (torch.as_tensor(v, dtype=torch.float32, device=device) for v in (mean, std))
     shard = torch.arange(dist.rank, len(images), dist.world_size, device=device)
-    try:
+    with evaluating(model):  # an error (or Ctrl-C) mid-evaluation hands the model back in the mode it came in
         for start in range(0, len(shard), batch_size):
             index = shard[start:start + batch_size]
             inputs = normalize(images[index], mean, std, channels_last=channels_last)
@@ -41,8 +39,6 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, mean: Sequence[fl
             with autocast:
                 logits = model(inputs)
             totals += batch_scores(logits, target)
-    finally:  # an error (or Ctrl-C) mid-evaluation hands the model back in the mode it came in
-        model.train(was_training)
     return summarize_scores(all_reduce_sum(totals, dist), "cannot evaluate on an empty set")
 
 
