@@ -147,7 +147,7 @@ def _load_cifar(weights: Path) -> TrainedModel:
 
 def _load_finetuned(run_dir: Path, checkpoint: Path) -> TrainedModel:
     from ..training.checkpoint import load_checkpoint
-    from ..training.finetune import conversion_target
+    from ..training.finetune_config import conversion_target
     from ..training.folders import image_folders
     # _build: the bare architecture; create_model would fetch pretrained weights only to overwrite them.
     from ..training.pretrained import _build, data_transforms, num_classes, parse_model_name, set_num_classes
