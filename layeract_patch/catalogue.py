@@ -86,8 +86,10 @@ _RECORDS = (
                          "timm.layers.activations_me.HardSwishMe"),
                functional=(("F.hardswish", "torch.nn.functional.hardswish"),)),
     # GELU(y) = y Phi(y). timm's QuickGELU, y sigmoid(1.702 y), is neither form: see NO_LAYER_ACT_FORM.
+    # F.gelu(x, approximate="tanh") is the tanh form: the call's own `approximate` picks it (functional_calls).
     Activation("gelu", scale="gelu", family="gelu", module="torch.nn.GELU",
-               replaces=("torch.nn.modules.activation.GELU", "timm.layers.activations.GELU")),
+               replaces=("torch.nn.modules.activation.GELU", "timm.layers.activations.GELU"),
+               functional=(("F.gelu", "torch.nn.functional.gelu"),)),
     Activation("gelu_tanh", scale="gelu_tanh", family="gelu", aliases=("gelutanh",), module="torch.nn.GELU",
                options=(("approximate", "tanh"),), replaces=("timm.layers.activations.GELUTanh",),
                replaces_when=(("torch.nn.modules.activation.GELU", "approximate", "tanh"),)),

@@ -263,6 +263,39 @@ def test_other_families_point_to_their_own_layer_act():
     assert type(convert_activations(relu_net, to={nn.ReLU: "la_gelu"})[1]) is LAGELU  # a mapping may cross families
 
 
+class FunctionalGELU(nn.Module):
+    """GELU as function calls, both forms, as some hand-written blocks and older transformer code do."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = torch.nn.functional.gelu(self.fc1(x))
+        x = torch.nn.functional.gelu(self.fc2(x), approximate="tanh")
+        return self.fc3(x)
+
+
+def test_functional_gelu_calls_are_found_and_converted_each_to_its_own_form():
+    torch.manual_seed(0)
+    model, x = FunctionalGELU(), torch.randn(4, 6)
+    with pytest.raises(ValueError, match="FunctionalGELU.*functional='convert'"):
+        convert_activations(FunctionalGELU(), to="la_gelu")
+    # found in the forward's code (each call), or by the example forward (one line, with its count)
+    for example, found in ((None, ["found in its forward's code, not converted"] * 2),
+                           (torch.randn(4, 6), ["found, not converted (2 calls per forward)"])):
+        with pytest.warns(UserWarning, match=r"functional activation call.*F\.gelu"):
+            _, report = convert_activations(nn.Sequential(FunctionalGELU(), nn.GELU()), to="la_gelu",
+                                            example_input=example, return_report=True)
+        assert [(c.fqn, c.function, c.status) for c in report.functional] == [("0", "F.gelu", f) for f in found]
+    converted, report = convert_activations(model, to="la_gelu", functional="convert", return_report=True)
+    acts = [m for m in converted.modules() if isinstance(m, LAGELU)]
+    assert [a.approximate for a in acts] == ["none", "tanh"]
+    assert [c.status for c in report.functional] == ["now module gelu", "now module gelu_1"]
+    want = model.fc3(la_gelu(model.fc2(la_gelu(model.fc1(x), start_dim=1)), approximate="tanh", start_dim=1))
+    torch.testing.assert_close(converted(x), want)
+
+
 # ---------------------------------------------------------------- real GELU models
 
 def _family_mapping():

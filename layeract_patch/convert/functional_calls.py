@@ -1,4 +1,4 @@
-"""Functional activations (F.relu, torch.relu, x.relu(), F.silu, F.hardswish): calls that no module swap reaches.
+"""Functional activations (F.relu, torch.relu, x.relu(), F.silu, F.hardswish, F.gelu): calls no module swap reaches.
 
 Found three ways, cheapest first: by reading each module's forward code (a plain swap; no trace), by the
 example forward (see example_forward.py), or by a torch.fx trace, which functional="convert" needs anyway to
@@ -130,16 +130,21 @@ def _discarded_self_calls(cls: type) -> frozenset:
     return frozenset(names)
 
 
-def _node_source(node: fx.Node, sources, methods) -> Optional[Tuple[str, type, bool]]:
-    """(label, equivalent module type, in place) for a functional activation node, else None."""
+def _node_source(node: fx.Node, sources, methods) -> Optional[Tuple[str, type, Dict[str, Any]]]:
+    """(label, equivalent module type, its options) for a functional activation node, else None. The options are
+    the call's own second argument: F.relu's `inplace` (F.relu_ and x.relu_() are in place by name), F.gelu's
+    `approximate`."""
     if node.op == "call_function" and _source(node.target, sources) is not None:
         label, kind = sources[node.target]
     elif node.op == "call_method" and node.target in methods:
         label, kind = methods[node.target]
     else:
         return None
-    inplace = label.endswith("_") or bool(node.kwargs.get("inplace", node.args[1] if len(node.args) > 1 else False))
-    return label, kind, inplace
+    second = "approximate" if issubclass(kind, nn.GELU) else "inplace"
+    value = node.kwargs.get(second, node.args[1] if len(node.args) > 1 else None)
+    if second == "approximate":
+        return label, kind, {"approximate": "none" if value is None else value}
+    return label, kind, {"inplace": label.endswith("_") or bool(value)}
 
 
 def find_by_tracing(root: nn.Module, leaves: Tuple[type, ...], report: ConversionReport) -> None:
@@ -209,18 +214,21 @@ def rewrite(root: nn.Module, targets: Targets, report: ConversionReport) -> Tupl
         found = _node_source(node, sources, methods)
         if found is None:
             continue
-        label, kind, inplace = found
+        label, kind, options = found
+        inplace = options.get("inplace", False)
         scope = node_scope(node)
         source = node.args[0] if node.args else node.kwargs.get("input")
         if targets.for_type(kind) is None:
             status = f"left as is: {kind.__name__} is not a target"
         elif not isinstance(source, fx.Node):
             status = "left as is: its input is not a traced tensor"
+        elif not all(isinstance(v, (bool, str)) for v in options.values()):  # e.g. approximate computed at run time
+            status = f"left as is: its {', '.join(options)} is not a constant of the trace"
         elif inplace and any(order[user] > order[node] for user in source.users if user is not node):
             status = "left as is: in place, and its input is used again after it"  # LayerAct would not mutate it
         else:
             name = _free_name(gm, scope, label.split(".")[-1].rstrip("_"))
-            gm.add_submodule(name, kind(inplace=inplace))
+            gm.add_submodule(name, kind(**options))
             with graph.inserting_before(node):
                 call = graph.call_module(name, (source,))
             call.meta = dict(node.meta)
