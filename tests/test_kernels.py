@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -506,3 +507,19 @@ def test_la_gelu_keeps_its_relative_accuracy_in_the_lower_tail(name, compiled, f
     assert n.min() < -10.5 and want[n < -10].abs().max() < 1e-20  # the sweep reaches the far tail
     assert relative[n.abs() <= 4].max() < 1e-5
     assert relative.max() < 1e-4
+
+
+@pytest.mark.slow
+def test_both_kernels_hold_the_fitted_normal_cdf_polynomial():
+    # the C and Triton kernels' Q(t) are tools/fit_normal_cdf.py's output, digit for digit
+    import importlib.util
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("fit_normal_cdf", root / "tools" / "fit_normal_cdf.py")
+    fit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fit)
+    coef, error = fit.fit()
+    assert error < 1e-7 and fit.float32_error(coef) < 2.5e-7
+    for source in (root / "layeract_patch/_kernels/layeract_cpu.c", root / "layeract_patch/_kernels/triton_kernel.py"):
+        text = source.read_text()
+        for c in coef:
+            assert f"{abs(float(c)):.9e}" in text, (source.name, float(c))

@@ -207,7 +207,7 @@ INLINE float sigmoid(float z) {
  * cancel; erfc(-a) = 2 - erfc(a). *ds = Phi'(z) = e / sqrt(2 pi) reuses e: backward pays one exp, as
  * SiLU's does (Numerical Recipes' erfcc, used before, hides e inside exp(-a^2 + P(t)) and needed a
  * second exp for the density). |z| is capped at 12 (Phi(-12) = 2e-33) to keep exp's argument in range.
- * The fit: a Lawson-reweighted least-squares on Chebyshev nodes against mpmath's erfc. */
+ * Q is tools/fit_normal_cdf.py's output (tests/test_kernels.py checks that the code holds it). */
 INLINE float normal_cdf(float z, float *ds) {
     float a = clamp(z < 0.0f ? -z : z, 0.0f, 12.0f) * 0.70710678118654752f;
     float t = 1.0f / (1.0f + 0.5f * a);

@@ -76,7 +76,8 @@ def _affine(W, B, r, k, R, K, RPC, AFFINE: tl.constexpr):
 def _normal_cdf(z):
     """Phi(z) = erfc(-z / sqrt 2) / 2 and the normal density, as the C kernel computes them: for a = |z| / sqrt 2,
     erfc(a) / 2 = e t Q(t) with e = exp(-a^2) shared with the density, t = 1 / (1 + a / 2) and Q the C kernel's
-    degree-8 fit (relative error < 2e-7 in float, so no 1 + erf cancellation in the lower tail), |z| capped at 12."""
+    degree-8 fit (tools/fit_normal_cdf.py; relative error < 2e-7 in float, so no 1 + erf cancellation in the lower
+    tail), |z| capped at 12."""
     a = tl.minimum(tl.abs(z), 12.0, propagate_nan=tl.PropagateNan.ALL) * 0.7071067811865476  # NaN stays NaN
     t = 1.0 / (1.0 + 0.5 * a)
     q = -2.914332785e-02
