@@ -1,10 +1,11 @@
 """The docs are for users: every command in them works as written, from a fresh shell, and they chain.
 
-`test_every_doc_command_runs_in_order_at_a_tiny_size` runs each command of the user docs (README.md and
-docs/*.md: their ```bash blocks line by line and every inline command they name), in document order, in one
-folder laid out as the repository root, with bash, a PATH without the venv and no VIRTUAL_ENV: a command that
-works only in an activated venv fails here. What one command writes (runs/r20_la_silu, runs/study_cpu, ...),
-a later one reads. To run in about a minute, each command is made tiny in the same documented ways:
+`test_every_doc_command_runs_in_order_at_a_tiny_size` runs each command of the user docs (USER_DOCS: README.md,
+then every docs/*.md in the order of the README's "Where next" table; their ```bash blocks line by line and every
+inline command they name), in that order, in one folder laid out as the repository root, with bash, a PATH
+without the venv and no VIRTUAL_ENV: a command that works only in an activated venv fails here. What one command
+writes (runs/r20_la_silu, runs/study_cpu, ...), a later one reads. To run in about a minute, each command is made
+tiny in the same documented ways:
 
 - data the docs download, or the user brings, is made here instead (tests never use the network):
   `data` (torchvision's CIFAR-10 in the docs) is an ImageFolder of 10 classes of 32x32 RGB images,
@@ -35,9 +36,14 @@ from PIL import Image
 from test_training import class_image, make_imagefolder
 
 ROOT = Path(__file__).resolve().parents[1]
-USER_DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]  # the chain: what a newcomer follows
+# The chain, what a newcomer follows: the README, then the docs/ pages in the order of its "Where next" table (a
+# fixed order, so what one page writes a later one reads; test_the_docs_pages_run_in_the_readmes_order holds the
+# table and this list together, and every docs/*.md is in it).
+DOC_ORDER = ("convert.md", "op.md", "recipes.md", "finetune.md", "monitor.md", "speed.md", "loading.md", "layout.md")
+USER_DOCS = [ROOT / "README.md", *(ROOT / "docs" / name for name in DOC_ORDER)]
 # evidence and reference docs: their commands are linted, not run (they take hours; their outputs are committed)
-ALL_DOCS = USER_DOCS + sorted((ROOT / "docs").rglob("README.md")) + [ROOT / "benchmarks" / "README.md"]
+ALL_DOCS = (USER_DOCS + sorted((ROOT / "docs").rglob("README.md")) + [ROOT / "benchmarks" / "README.md"]
+            + [ROOT / "CHANGELOG.md"])
 
 NOT_RUN = {
     "python3 -m venv .venv": "creates the venv this test runs in",
@@ -120,7 +126,8 @@ def test_every_doc_command_works_without_an_activated_venv():
 
 def test_the_docs_speak_to_users_not_to_the_tracker_or_one_machine():
     """No issue numbers, sessions, one machine's absolute paths or ../shared in what users read."""
-    banned = re.compile(r"\bissues? \d+|\bsessions?\b|/root/|/work/|/home/|\.\./shared|our CI machine", re.I)
+    banned = re.compile(r"\bissues? \d+|\bsessions?\b|/root/|/work/|/home/|/tmp/|/mnt/|/Users/|\.\./shared"
+                        r"|our CI machine", re.I)
     texts = {str(path.relative_to(ROOT)): path.read_text()
              for path in ALL_DOCS + sorted((ROOT / "docs").rglob("report.md")) + [ROOT / "recipes" / "scale_correlation.py"]}
     found = {name: banned.findall(text) for name, text in texts.items() if banned.search(text)}
@@ -134,6 +141,15 @@ def test_the_readme_cites_the_paper_and_the_license_is_there():
     license_text = (ROOT / "LICENSE").read_text()
     assert license_text.startswith("MIT License") and "the layeract-patch authors" in license_text
     assert 'license = { text = "MIT" }' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_the_docs_pages_run_in_the_readmes_order():
+    """Every docs/*.md page is in the chain, in the order the README's "Where next" table lists them: a new page is
+    placed in the order (and so in the chain) before this test passes."""
+    assert sorted(path.name for path in (ROOT / "docs").glob("*.md")) == sorted(DOC_ORDER)
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Where next"):readme.index("\n## ", readme.index("## Where next") + 1)]
+    assert tuple(re.findall(r"^\| \[[^]]+\]\(docs/([\w.]+)\)", table, flags=re.M)) == DOC_ORDER
 
 
 def test_every_user_doc_command_is_run_or_says_why_not():

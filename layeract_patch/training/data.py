@@ -6,7 +6,7 @@ tested on, with the same class folders. The CIFAR recipes hold their validation 
 when there is one, else on `test/`, and records which.
 
 Decoding happens once, up front; the training loop then indexes and augments whole batches on the
-device (see augment.py), as airbench does, instead of running PIL transforms per image per epoch.
+device (see batches.py: random_crop_flip), as airbench does, instead of running PIL transforms per image per epoch.
 
 CIFAR roots are the official batches torchvision downloads. The format is a pickle, and unpickling a
 file can run code, so each file's md5 is checked against torchvision's list before it is read: any

@@ -123,9 +123,6 @@ class EpochOrder(Sampler):
             yield epoch * self.size + order[position % self.size]
 
 
-# --------------------------------------------------------------------------------------------- training
-
-
 def check_images(*datasets) -> None:
     """ValueError naming the first image PIL cannot decode (a truncated or broken file), before training starts.
 
