@@ -26,11 +26,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Run the LayerAct paper's experiments as a resumable grid of "
                                      "recipe runs and write runs.csv and report.md.", add_help=add_help)
     parser.add_argument("--preset", choices=tuple(presets.PRESETS), default=None,
-                        help="paper (full schedule, for a GPU), cpu (reduced, ~3.5 h on 2 cores), smoke (tiny)")
+                        help="paper (full schedule, for a GPU), cpu (reduced, ~3.5 h on 2 cores), cpu_models, sources, "
+                             "gelu (CIFAR ConvNeXt: GELU vs LA-GELU), timm_source (timm's MobileNetV3-Small), smoke "
+                             "(tiny); each is described in layeract_patch/studies/presets.py")
     parser.add_argument("--acts", nargs="+", default=None, help="only these activations of the preset")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="these seeds instead of the preset's")
     parser.add_argument("--depths", type=int, nargs="+", default=None, help="only these ResNet depths")
-    parser.add_argument("--norms", nargs="+", default=None, help="only these norms (bn, ln, none)")
+    parser.add_argument("--norms", nargs="+", default=None, help="only these norms (bn, ln, lnc, none)")
     parser.add_argument("--models", nargs="+", default=None, help=f"only these models: {', '.join(CIFAR_MODELS)}")
     parser.add_argument("--max-iter", type=int, default=None,
                         help="this many iterations instead of the preset's (lr drops at 50%% and 75%%)")

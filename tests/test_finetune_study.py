@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from layeract_patch.studies.finetune_study import GridConfig, plan, write_table
+from layeract_patch.studies.finetune_study import GridConfig, plan, sources, write_table
 
 
 def make_source(study, act, seed):
@@ -54,3 +54,18 @@ def test_the_table_gives_mean_std_over_seeds_and_the_paired_comparison(tmp_path)
     assert "| relu | 100 | 3 | 4.00 ± 1.00 | 0.020 |" in table
     # the header, then per seed the calibrated cell's 5 rows and the plain cell's 1
     assert (tmp_path / "docs" / "cells.csv").read_text().count("\n") == 1 + 3 * (5 + 1)
+
+
+def test_a_resnet20_source_keeps_its_name_and_every_other_model_is_named_with_it(tmp_path):
+    study = tmp_path / "study"
+    make_source(study, "silu", 0)  # ResNet-20: the name its finished fine-tuning runs already live under
+    for model, depth, act in (("cifar_resnet", 32, "silu"), ("layeract_cnn", None, "silu"),
+                              ("cifar_mobilenetv3", None, "hardsilu")):
+        run = study / "runs" / f"{model}{depth or ''}_{act}_s1"
+        (run / "seed_1").mkdir(parents=True)
+        (run / "seed_1" / "model.pt").write_bytes(b"")
+        (run / "results.json").write_text(json.dumps({"args": {"model": model, "depth": depth, "act": act}}))
+    found = sorted((s.name, s.model) for s in sources(study))
+    assert found == [("cifar_mobilenetv3_hardsilu_s1", "cifar_mobilenetv3"),
+                     ("cifar_resnet32_silu_s1", "cifar_resnet32"), ("layeract_cnn_silu_s1", "layeract_cnn"),
+                     ("silu_s0", "cifar_resnet20")]

@@ -201,3 +201,15 @@ def test_resnet44_without_norm_trains_finite_with_the_authors_init():
     # It starts near chance (ln 10 = 2.30): the outputs are small. He init's unnormalized 44-layer stack starts
     # with a loss around 24 on this batch, and on CIFAR-10 at this rate it reaches NaN within a few steps.
     assert losses[0] < 3
+
+
+def test_lnc_is_layernorm_over_the_channels_of_each_pixel_in_every_model():
+    x = torch.randn(2, 3, 32, 32)
+    for model in (cifar_resnet(8, norm="lnc"), layeract_cnn(norm="lnc")):
+        norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+        assert norms and not any(isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) for m in model.modules())
+        model(x).sum().backward()
+    stem = cifar_resnet(8, norm="lnc", init="he").stem
+    y = stem.norm(stem.conv(x))
+    assert torch.allclose(y.mean(1), torch.zeros_like(y.mean(1)), atol=1e-5)  # each pixel over its 16 channels
+    assert torch.allclose(y.var(1, unbiased=False), torch.ones_like(y.mean(1)), atol=1e-3)

@@ -3,14 +3,17 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Type
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import create_act_layer
 
 __all__ = ["NORMS", "INITS", "check_norm", "check_init", "create_norm", "conv_bias", "init_weights", "ConvNormAct",
-           "ClassifierMixin", "build_cifar_model"]
+           "ClassifierMixin", "build_cifar_model", "ChannelLayerNorm"]
 
-NORMS = ("bn", "ln", "none")
+# "ln": per-sample LayerNorm over (C, H, W) (the paper's Table 2); "lnc": LayerNorm over the channels of each
+# pixel (ConvNeXt's); see create_norm.
+NORMS = ("bn", "ln", "none", "lnc")
 # "he": Kaiming normal (He et al. 2015), what CIFAR ResNet code usually does.
 # "torch": PyTorch's own reset_parameters and biased convs everywhere, as in the LayerAct authors' code
 #          (their models/architectures/ResNet_small.py builds plain nn.Conv2d layers and never re-initialises).
@@ -37,18 +40,33 @@ def conv_bias(norm: str, init: str) -> bool:
     return norm == "none" or init == "torch"
 
 
+class ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each pixel of an (N, C, H, W) tensor: ConvNeXt's norm (timm's LayerNorm2d),
+    eps 1e-6 as ConvNeXt's; a per-channel affine."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__(channels, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias,
+                            self.eps).permute(0, 3, 1, 2)
+
+
 def create_norm(norm: str, channels: int) -> nn.Module:
-    """BatchNorm2d, 'LayerNorm over (C, H, W)', or Identity.
+    """BatchNorm2d, 'LayerNorm over (C, H, W)', 'LayerNorm over C at each pixel', or Identity.
 
     "ln" is GroupNorm with one group: the same per-sample statistics as nn.LayerNorm([C, H, W]) but with a
     per-channel affine (instead of one per element), so the layer does not depend on the spatial size
     and the model takes any input resolution.
+    "lnc" is ChannelLayerNorm: statistics per sample and pixel over the C channels, as ConvNeXt's LayerNorm.
     """
     norm = check_norm(norm)
     if norm == "bn":
         return nn.BatchNorm2d(channels)
     if norm == "ln":
         return nn.GroupNorm(1, channels)
+    if norm == "lnc":
+        return ChannelLayerNorm(channels)
     return nn.Identity()
 
 
@@ -62,7 +80,7 @@ def init_weights(model: nn.Module, init: str = "he") -> None:
             nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 

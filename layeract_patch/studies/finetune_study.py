@@ -24,15 +24,16 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .. import catalogue
+from ..training.cifar_config import timm_model_name
 from ..training.finetune import FinetuneConfig, run_finetune
 from .stats import paired_t_test
 
-__all__ = ["GridConfig", "sources", "plan", "run_grid", "collect", "format_table", "write_table"]
+__all__ = ["GridConfig", "sources", "source_name", "plan", "run_grid", "collect", "format_table", "write_table"]
 
 
 @dataclass(frozen=True)
 class Source:
-    name: str          # e.g. relu_s0
+    name: str          # e.g. relu_s0 (a ResNet-20), cifar_mobilenetv3_hardsilu_s0 (any other model): see source_name
     act: str           # what it was trained with
     seed: int
     weights: Path
@@ -50,6 +51,13 @@ class GridConfig:
     finetune: Dict[str, object] = field(default_factory=dict)  # other FinetuneConfig fields (lr, batch_size, ...)
 
 
+def source_name(model: str, act: str, seed: int) -> str:
+    """The folder a source's fine-tuning runs go to: <act>_s<seed> for a ResNet-20 (the first study's sources, whose
+    finished runs live under these names), <timm name>_<act>_s<seed> for every other model, so two models trained
+    with the same activation in one study (the `cpu` preset's ResNet-20 and ResNet-32) never share a folder."""
+    return f"{act}_s{seed}" if model == "cifar_resnet20" else f"{model}_{act}_s{seed}"
+
+
 def sources(study: Path, acts: Optional[Sequence[str]] = None) -> List[Source]:
     """The trained models of a study folder, in a stable order; FileNotFoundError when there are none."""
     found = []
@@ -57,9 +65,9 @@ def sources(study: Path, acts: Optional[Sequence[str]] = None) -> List[Source]:
         args = json.loads(results.read_text()).get("args", {})
         for weights in sorted(results.parent.glob("seed_*/model.pt")):
             seed = int(weights.parent.name.split("_")[1])
-            model = f"{args.get('model', 'cifar_resnet')}{args.get('depth') or ''}"
+            model = timm_model_name(args.get("model", "cifar_resnet"), args.get("depth"))
             if acts is None or args.get("act") in acts:
-                found.append(Source(f"{args.get('act')}_s{seed}", args.get("act"), seed, weights, model))
+                found.append(Source(source_name(model, args.get("act"), seed), args.get("act"), seed, weights, model))
     if not found:
         raise FileNotFoundError(f"{str(study)!r} holds no trained model (runs/<name>/seed_<n>/model.pt with its "
                                 f"results.json); give a folder recipes/reproduce.py wrote")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..training.cifar_config import CIFAR_MODEL_SPECS, model_title
 from . import paper_numbers as paper
 from .figures import plot_accuracy, plot_early_loss, training_losses
 from .paper_numbers import act_label
@@ -80,9 +81,12 @@ class Group:
 
     @property
     def title(self) -> str:
-        model = f"ResNet-{self.depth}" if self.model == "cifar_resnet" else "the paper's 15-conv CNN"
-        norm = {"bn": "batch norm", "ln": "layer norm", "none": "no normalization"}[self.norm]
-        init = {"he": "He init", "torch": "PyTorch's default init (the authors')"}.get(self.init, self.init)
+        model = model_title(self.model, self.depth)
+        norm = {"bn": "batch norm", "ln": "layer norm", "lnc": "channel layer norm (ConvNeXt's)",
+                "none": "no normalization"}.get(self.norm, self.norm)
+        spec = CIFAR_MODEL_SPECS.get(self.model)
+        init = {"he": "He init", "torch": "PyTorch's default init (the authors')",
+                **dict(spec.init_titles if spec else ())}.get(self.init, self.init)
         return (f"{model}, {norm}, {init}, {self.dataset.upper().replace('CIFAR', 'CIFAR-')}, "
                 f"{self.iterations:,} iterations" + (", bf16 autocast" if self.amp else ""))
 

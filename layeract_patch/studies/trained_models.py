@@ -74,8 +74,11 @@ def load_trained(path) -> TrainedModel:
     ValueError naming the path and what it should be otherwise."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"--checkpoint {str(path)!r} does not exist; give a run folder of "
-                                f"recipes/cifar_resnet.py, cifar_cnn.py or finetune.py")
+        from ..training.cifar_config import CIFAR_MODELS
+
+        recipes = ", ".join(Path(recipe).name for recipe in CIFAR_MODELS.values())
+        raise FileNotFoundError(f"--checkpoint {str(path)!r} does not exist; give a run folder of recipes/{recipes} "
+                                f"or finetune.py")
     if path.is_file() and path.name in FINETUNE_CHECKPOINTS:
         return _load_finetuned(path.parent, path)
     if path.is_dir() and (path / FINETUNE_CHECKPOINTS[0]).is_file():

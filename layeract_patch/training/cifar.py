@@ -1,4 +1,5 @@
-"""CIFAR training (the paper's ResNets and CNN): the data on the device, one run per seed.
+"""CIFAR training (the paper's ResNets and CNN, a small ConvNeXt, timm's MobileNetV3): the data on the device, one
+run per seed.
 
 One training step, file by file: recipes/cifar_resnet.py (flags) -> cli.py (flags -> CifarConfig, checked and
 completed by cifar_config.py) -> this file (`train_seed` builds the Run: split, model, SGD, step decay) ->
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 
 from .batches import TrainBatches
 from .checkpoint import check_resume, load_checkpoint, save_checkpoint
-from .cifar_config import EXTENDABLE, TORCHVISION_ONLY, CifarConfig
+from .cifar_config import CIFAR_MODEL_SPECS, EXTENDABLE, TORCHVISION_ONLY, CifarConfig
 from .data import data_source, dataset_stats, load_images, stratified_split
 from .distributed import DistInfo, barrier, broadcast_buffers, init_distributed, resolve_device
 from .metrics import evaluate
@@ -108,20 +109,21 @@ def prepare(cfg: CifarConfig, explicit_milestones: bool = True, explicit_log_eve
 
 def architecture(cfg: CifarConfig, data: DeviceData) -> dict:
     """What `build_model` needs to rebuild the network; results.json records it for later evaluations."""
-    return {"model": cfg.model, "depth": cfg.depth if cfg.model == "cifar_resnet" else None, "act": cfg.act,
-            "norm": cfg.norm, "init": cfg.init, "num_classes": len(data.classes),
-            "in_chans": int(data.train_images.shape[1]), "image_size": list(data.train_images.shape[-2:])}
+    depth = cfg.depth if CIFAR_MODEL_SPECS[cfg.model].has_depth else None
+    return {"model": cfg.model, "depth": depth, "act": cfg.act, "norm": cfg.norm, "init": cfg.init,
+            "num_classes": len(data.classes), "in_chans": int(data.train_images.shape[1]),
+            "image_size": list(data.train_images.shape[-2:])}
 
 
 def build_model(arch: dict) -> nn.Module:
     """The (untrained) network of an `architecture` record."""
     from .. import models  # looked up at call time, so a test can record what reaches the builder
 
-    builder = getattr(models, arch["model"])  # cifar_resnet or layeract_cnn, the timm-registered builders
+    builder = getattr(models, arch["model"])  # a name of CIFAR_MODEL_SPECS: the builders in layeract_patch.models
     # runs recorded before --init existed were all He-initialised
     options = dict(num_classes=arch["num_classes"], act=arch["act"], norm=arch["norm"], in_chans=arch["in_chans"],
                    init=arch.get("init", "he"))
-    if arch["model"] == "cifar_resnet":
+    if CIFAR_MODEL_SPECS[arch["model"]].has_depth:
         options["depth"] = arch["depth"]
     return builder(**options)
 

@@ -19,12 +19,56 @@ from ..registry import get_act_layer
 from .checkpoint import flag
 from .outdir import check_output_path
 
-__all__ = ["CifarConfig", "resolve_config", "default_lr", "default_milestones", "CIFAR_MODELS", "RUN_ONLY",
-           "TORCHVISION_ONLY", "EXTENDABLE", "INITS"]
+__all__ = ["CifarConfig", "resolve_config", "default_lr", "default_milestones", "CIFAR_MODELS", "CIFAR_MODEL_SPECS",
+           "CifarModel", "timm_model_name", "model_title", "RUN_ONLY", "TORCHVISION_ONLY", "EXTENDABLE", "INITS"]
 
-# The CIFAR models, the one table: a name (CifarConfig.model, also the name of its timm-registered builder in
-# layeract_patch.models) -> the recipe that trains it. cli.py offers these names; the study runner runs these recipes.
-CIFAR_MODELS = {"cifar_resnet": "recipes/cifar_resnet.py", "layeract_cnn": "recipes/cifar_cnn.py"}
+@dataclass(frozen=True)
+class CifarModel:
+    """What the recipes, the config check and the study runner need to know of one CIFAR model."""
+    recipe: str  # the recipe that trains it
+    description: str  # the recipe's --help: "Train <description> with the LayerAct paper's schedule."
+    title: str  # how a report names it; "{depth}" is filled in for a model with --depth
+    has_depth: bool = False  # --depth (6n+2); its timm name is then <name><depth>, e.g. cifar_resnet20
+    act: str = "la_silu"  # the recipe's default --act, --norm and --init
+    norm: str = "bn"
+    init: str = "he"
+    norms: Optional[Tuple[str, ...]] = None  # the --norm values it takes (None: every one of models.NORMS)
+    inits: Tuple[str, ...] = ("he", "torch")
+    norm_why: str = ""  # what limits norms / inits, said when another is asked for
+    init_why: str = ""
+    init_titles: Tuple[Tuple[str, str], ...] = ()  # (init, how a report names it) where it differs from the paper's
+
+
+# The CIFAR models, the one table: a name (CifarConfig.model, also the name of its builder in layeract_patch.models;
+# timm-registered as it is, or with its depth for cifar_resnet) -> what it is and which recipe trains it.
+# cli.py offers these names; the study runner runs these recipes.
+CIFAR_MODEL_SPECS = {
+    "cifar_resnet": CifarModel("recipes/cifar_resnet.py", "a CIFAR ResNet (He et al. 2016)", "ResNet-{depth}",
+                               has_depth=True),
+    "layeract_cnn": CifarModel("recipes/cifar_cnn.py", "the LayerAct paper's CNN", "the paper's 15-conv CNN"),
+    "cifar_convnext": CifarModel("recipes/cifar_convnext.py", "a small ConvNeXt (Liu et al. 2022) for CIFAR",
+                                 "CIFAR ConvNeXt", act="gelu", norm="lnc"),
+    "cifar_mobilenetv3": CifarModel(
+        "recipes/cifar_mobilenetv3.py", "timm's MobileNetV3-Small (mobilenetv3_small_100, the ImageNet architecture "
+        "as timm builds it)", "MobileNetV3-Small (timm's ImageNet architecture)", act="hardsilu", init="torch",
+        norms=("bn",), inits=("torch",), norm_why="the architecture's own BatchNorm, as timm builds it",
+        init_why="timm's own initialisation of the architecture", init_titles=(("torch", "timm's init"),)),
+}
+CIFAR_MODELS = {name: spec.recipe for name, spec in CIFAR_MODEL_SPECS.items()}
+
+
+def timm_model_name(model: str, depth: Optional[int] = None) -> str:
+    """The timm name of a CIFAR model: cifar_resnet with its depth (cifar_resnet20), every other one as it is
+    (a depth recorded for a model without one is ignored)."""
+    if model not in CIFAR_MODEL_SPECS:
+        raise ValueError(f"unknown model {model!r}; choose one of: {', '.join(CIFAR_MODEL_SPECS)}")
+    return f"{model}{depth}" if CIFAR_MODEL_SPECS[model].has_depth else model
+
+
+def model_title(model: str, depth: Optional[int] = None) -> str:
+    """How a report names a model: "ResNet-20", "the paper's 15-conv CNN", ...; unknown names as they are."""
+    spec = CIFAR_MODEL_SPECS.get(model)
+    return model if spec is None else spec.title.format(depth=depth)
 
 
 def default_lr(norm: str) -> float:
@@ -51,8 +95,8 @@ INITS = ("he", "torch")
 @dataclass(frozen=True)
 class CifarConfig:
     """Everything a CIFAR run depends on; the recipes' flags map one to one onto these fields."""
-    model: str = "cifar_resnet"  # or "layeract_cnn"
-    depth: Optional[int] = 20
+    model: str = "cifar_resnet"  # or any other name of CIFAR_MODEL_SPECS
+    depth: Optional[int] = 20  # cifar_resnet's only; resolve_config sets it to None for the others
     act: str = "la_silu"
     norm: str = "bn"
     init: str = "he"
@@ -82,7 +126,7 @@ class CifarConfig:
 
     @property
     def model_name(self) -> str:
-        return f"cifar_resnet{self.depth}" if self.model == "cifar_resnet" else "layeract_cnn"
+        return timm_model_name(self.model, self.depth)
 
     def settings(self) -> dict:
         """What a checkpoint stores and the resume rule compares (JSON-friendly: tuples become lists)."""
@@ -107,12 +151,21 @@ def resolve_config(cfg: CifarConfig) -> CifarConfig:
     Pure."""
     from ..models.layers import check_norm
 
+    if cfg.model not in CIFAR_MODEL_SPECS:
+        raise ValueError(f"unknown model {cfg.model!r}; choose one of: {', '.join(CIFAR_MODEL_SPECS)}")
+    spec = CIFAR_MODEL_SPECS[cfg.model]
     get_act_layer(cfg.act)
     norm = check_norm(cfg.norm)
-    if cfg.model == "cifar_resnet" and (cfg.depth is None or cfg.depth < 8 or (cfg.depth - 2) % 6):
+    if spec.has_depth and (cfg.depth is None or cfg.depth < 8 or (cfg.depth - 2) % 6):
         raise ValueError(f"--depth must be 6n+2 (20, 32, 44, 56, 110), got {cfg.depth}")
+    if not spec.has_depth:
+        cfg = replace(cfg, depth=None)  # recorded as None, so results.json names the model as timm does
     if cfg.init not in INITS:
         raise ValueError(f"--init must be one of {', '.join(INITS)}, got {cfg.init!r}")
+    for key, value, allowed, why in (("norm", norm, spec.norms, spec.norm_why),
+                                     ("init", cfg.init, spec.inits, spec.init_why)):
+        if allowed is not None and value not in allowed:
+            raise ValueError(f"--{key} {value}: {cfg.model} takes --{key} {' or '.join(allowed)} only ({why})")
     if cfg.log_every is None:  # a short run's loss curve gets 25 points or more, not two
         cfg = replace(cfg, log_every=min(100, max(1, cfg.max_iter // 25)))
     for key in ("max_iter", "batch_size", "eval_every", "log_every", "eval_batch_size"):

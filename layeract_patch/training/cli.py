@@ -12,7 +12,7 @@ from typing import Dict, Optional, Sequence
 
 from ..registry import ACTIVATIONS
 from .cifar import prepare, train
-from .cifar_config import CIFAR_MODELS, INITS, CifarConfig, resolve_config
+from .cifar_config import CIFAR_MODEL_SPECS, CIFAR_MODELS, INITS, CifarConfig, resolve_config
 from .distributed import cleanup_distributed
 from .outdir import claim_output
 from .command import HelpFormatter, run_command
@@ -25,23 +25,26 @@ MODEL_CHOICES = tuple(CIFAR_MODELS)
 
 def get_args_parser(model: str = "cifar_resnet", add_help: bool = True,
                     prog: Optional[str] = None) -> argparse.ArgumentParser:
-    """The recipes' flags; `model` picks the architecture (cifar_resnet adds --depth); `prog` names the
-    command in messages (default: the running script's name)."""
+    """The recipes' flags; `model` picks the architecture (cifar_resnet adds --depth) and the defaults of --act,
+    --norm and --init (cifar_config.CIFAR_MODEL_SPECS); `prog` names the command in messages (default: the running
+    script's name)."""
     if model not in MODEL_CHOICES:
         raise ValueError(f"unknown model {model!r}; choose one of: {', '.join(MODEL_CHOICES)}")
-    what = "a CIFAR ResNet (He et al. 2016)" if model == "cifar_resnet" else "the LayerAct paper's CNN"
-    parser = argparse.ArgumentParser(prog=prog, description=f"Train {what} with the LayerAct paper's schedule.",
-                                     add_help=add_help, formatter_class=HelpFormatter)
+    spec = CIFAR_MODEL_SPECS[model]
+    parser = argparse.ArgumentParser(prog=prog, description=f"Train {spec.description} with the LayerAct paper's "
+                                     f"schedule.", add_help=add_help, formatter_class=HelpFormatter)
     parser.set_defaults(model=model)
-    if model == "cifar_resnet":
+    if spec.has_depth:
         parser.add_argument("--depth", type=int, default=20, help="6n+2: 20, 32, 44, 56, 110")
     else:
         parser.set_defaults(depth=None)
-    parser.add_argument("--act", default="la_silu", help=f"activation: {', '.join(ACTIVATIONS)}")
-    parser.add_argument("--norm", default="bn", help="bn, ln (LayerNorm over C,H,W) or none")
-    parser.add_argument("--init", default="he", choices=INITS,
-                        help="weight initialisation: he (Kaiming) or torch (PyTorch's defaults, as the paper's "
-                             "authors' code)")
+    parser.add_argument("--act", default=spec.act, help=f"activation: {', '.join(ACTIVATIONS)}")
+    norms = ("bn, ln (LayerNorm over C,H,W), lnc (LayerNorm over the channels of each pixel, ConvNeXt's) or none"
+             if spec.norms is None else f"{' or '.join(spec.norms)} only: {spec.norm_why}")
+    parser.add_argument("--norm", default=spec.norm, help=norms)
+    inits = ("weight initialisation: he (Kaiming) or torch (PyTorch's defaults, as the paper's authors' code)"
+             if spec.inits == INITS else f"weight initialisation: {' or '.join(spec.inits)} only, {spec.init_why}")
+    parser.add_argument("--init", default=spec.init, choices=INITS, help=inits)
     parser.add_argument("--dataset", default="cifar10", choices=("cifar10", "cifar100"),
                         help="which torchvision data set (and mean/std) when --data-dir is not an ImageFolder")
     parser.add_argument("--data-dir", default="data", type=Path,
