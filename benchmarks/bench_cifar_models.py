@@ -12,16 +12,14 @@ jobs on a shared core.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from typing import Callable, Dict
 
 import timm
 import torch
-import torch.nn.functional as F
 
-from timing import machine, pin_heap, repeated_ratios, rounds_for
+from timing import machine, pin_heap, repeated_ratios, rounds_for, sgd_step
 
 import layeract_patch.models  # noqa: F401  (registers the CIFAR models with timm)
 
@@ -35,17 +33,7 @@ def training_step(spec: str, images: torch.Tensor, labels: torch.Tensor, autocas
     name, _, act = spec.partition(":")
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10, **({"act": act} if act else {})).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        precision = (torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype is not None
-                     else contextlib.nullcontext())
-        with precision:
-            loss = F.cross_entropy(model(images), labels)
-        loss.backward()
-        optimizer.step()
-    return step
+    return sgd_step(model, images, labels, autocast_dtype)
 
 
 def main(argv=None) -> int:

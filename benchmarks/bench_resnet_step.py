@@ -13,15 +13,13 @@ repeated; each line gives the median ratio over the repeats and its range (lowes
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from typing import Callable, Dict
 
 import torch
-import torch.nn.functional as F
 
-from timing import machine, pin_heap, repeated_ratios, rounds_for
+from timing import machine, pin_heap, repeated_ratios, rounds_for, sgd_step
 
 from layeract_patch import set_backend
 from layeract_patch.models import cifar_resnet
@@ -44,19 +42,8 @@ def training_step(act: str, backend, depth: int, images: torch.Tensor, labels: t
     model = cifar_resnet(depth=depth, num_classes=10, act=act, norm="bn").train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-    def step() -> None:
-        if backend is not None:
-            set_backend(backend)
-        optimizer.zero_grad(set_to_none=True)
-        precision = (torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype is not None
-                     else contextlib.nullcontext())
-        with precision:
-            loss = F.cross_entropy(model(images), labels)
-        loss.backward()
-        optimizer.step()
-    return step
+    return sgd_step(model, images, labels, autocast_dtype,
+                    before=None if backend is None else (lambda: set_backend(backend)))
 
 
 def main(argv=None) -> int:

@@ -6,6 +6,7 @@ alike and the ratios stay meaningful even when the absolute times do not.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import platform
 import random
@@ -74,6 +75,25 @@ def rounds_for(cases: Dict[str, Callable[[], object]], budget_s: float, lo: int 
     sync()
     per_round = time.perf_counter() - start
     return max(lo, min(hi, int(budget_s / max(per_round, 1e-9))))
+
+
+def sgd_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, autocast_dtype=None,
+             before: Optional[Callable[[], None]] = None) -> Callable[[], None]:
+    """One training step of `model` (SGD, momentum 0.9, cross-entropy), under CPU autocast to `autocast_dtype` when
+    given; `before` runs first in every step (e.g. a backend choice that must hold for this case only)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step() -> None:
+        if before is not None:
+            before()
+        optimizer.zero_grad(set_to_none=True)
+        precision = (torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype is not None
+                     else contextlib.nullcontext())
+        with precision:
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+    return step
 
 
 def saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
