@@ -32,8 +32,11 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if !defined(LAYERACT_PORTABLE) && defined(__F16C__)
+#if !defined(LAYERACT_PORTABLE) && (defined(__F16C__) || defined(__AVX512BF16__))
 #include <immintrin.h>
+#endif
+#if !defined(LAYERACT_PORTABLE) && defined(__AVX512BF16__) && defined(__AVX512F__)
+#define NATIVE_BF16 1       /* the CPU converts float to bfloat16 itself (vcvtneps2bf16) */
 #endif
 
 #define SILU 0
@@ -129,6 +132,22 @@ static void store_tile(const float *restrict src, void *dst, int64_t offset, int
     uint16_t *h = (uint16_t *)dst + offset;
     int64_t i = 0;
     if (dtype == BF16) {
+#ifdef NATIVE_BF16
+        /* vcvtneps2bf16 rounds to nearest even and quiets a NaN exactly as float_to_bf16 does, in one
+         * instruction instead of the ~7 that float_to_bf16 vectorises to, but it flushes subnormal inputs to
+         * zero: a group holding one is converted by float_to_bf16 instead. */
+        const __m512i magnitude = _mm512_set1_epi32(0x7fffffff), one = _mm512_set1_epi32(1);
+        const __m512i subnormal_top = _mm512_set1_epi32(0x007fffff);
+        for (; i + 16 <= n; i += 16) {
+            __m512 v = _mm512_loadu_ps(src + i);
+            __m512i below = _mm512_sub_epi32(_mm512_and_si512(_mm512_castps_si512(v), magnitude), one);
+            if (_mm512_cmplt_epu32_mask(below, subnormal_top)) {  /* |v| - 1 < 2^23 - 1: 0 < |v| < 2^-126 */
+                for (int64_t j = i; j < i + 16; ++j) h[j] = float_to_bf16(src[j]);
+            } else {
+                _mm256_storeu_si256((__m256i *)(h + i), (__m256i)_mm512_cvtneps_pbh(v));
+            }
+        }
+#endif
         for (; i < n; ++i) h[i] = float_to_bf16(src[i]);
         return;
     }
@@ -431,7 +450,10 @@ static void forward_apply(const Layout *L, const void *x, void *y, int64_t r, in
                           float rstd, int kind) {
     int64_t base = r * L->len;
     int finite = finite_bits(mean) && finite_bits(rstd);
-    if (finite && L->dtype != F16) {
+    /* bfloat16 too goes through float tiles: its conversions then run as loops of their own (store_tile's
+     * vcvtneps2bf16 where the CPU has it). On the Intel Xeon, in a throwaway timing of one sample in cache, the
+     * forward of every kind took 15-20% less time than with the conversions inside the activation's loop. */
+    if (finite && L->dtype == F32) {
         forward_range(L, at(x, base + lo, L->dtype), at_mut(y, base + lo, L->dtype), lo, hi, mean, rstd, kind,
                       L->dtype);
         return;
@@ -724,10 +746,6 @@ static void backward_pass2(const Layout *L, const void *x, void *dx, const float
     float k1 = (float)(-(double)rstd * sums.dnn / (double)L->len);
     if (L->dtype == F32) {
         correct(at(x, base + lo, F32), t, at_mut(dx, base + lo, F32), hi - lo, k0, k1, mean, rstd, F32);
-        return;
-    }
-    if (L->dtype == BF16) {
-        correct(at(x, base + lo, BF16), t, at_mut(dx, base + lo, BF16), hi - lo, k0, k1, mean, rstd, BF16);
         return;
     }
     float xt[TILE], dt[TILE];
