@@ -120,7 +120,7 @@ def check_alpha(alpha: float) -> float:
 
 
 def check_args(x: Tensor, kind: str, alpha: float, weight: Optional[Tensor], bias: Optional[Tensor],
-               start_dim: int) -> int:
+               start_dim: int, affine_dim: Optional[int] = None) -> int:
     """Validate the arguments; return start_dim as a non-negative index."""
     if not isinstance(x, Tensor):
         raise TypeError(f"LayerAct expects a torch.Tensor, got {type(x).__name__}")
@@ -137,11 +137,12 @@ def check_args(x: Tensor, kind: str, alpha: float, weight: Optional[Tensor], bia
     if not 1 <= sd < x.dim():
         raise ValueError(f"start_dim={start_dim} is out of range for a {x.dim()}-D input: it must leave the batch dim "
                          f"out and keep at least one dim to normalize (1 <= start_dim < {x.dim()}, or negative)")
-    channels = x.shape[sd]
+    ad = affine_dim_of(x.dim(), sd, affine_dim)
+    channels = x.shape[ad]
     for name, p in (("weight", weight), ("bias", bias)):
         if p is not None and (p.dim() != 1 or p.shape[0] != channels):
             raise ValueError(f"LayerAct affine {name} has shape {tuple(p.shape)} but the input {tuple(x.shape)} has "
-                             f"{channels} channels on dim {sd}: build the module with num_channels={channels}")
+                             f"{channels} channels on dim {ad}: build the module with num_channels={channels}")
         if p is not None and p.device != x.device:  # a kernel would read a meta (null) or CUDA pointer as CPU memory
             raise RuntimeError(f"Expected all tensors to be on the same device, but found at least two devices, "
                                f"{x.device} (the input) and {p.device} (the affine {name}); move the module with "
@@ -149,6 +150,19 @@ def check_args(x: Tensor, kind: str, alpha: float, weight: Optional[Tensor], bia
     if (weight is None) != (bias is None):
         raise ValueError("LayerAct affine needs both weight and bias (or neither)")
     return sd
+
+
+def affine_dim_of(ndim: int, start_dim: int, affine_dim: Optional[int]) -> int:
+    """The non-negative dim the affine weight and bias act along: start_dim (None, the default: the channels of an
+    (N, C, H, W) map) or the last dim (-1: the features of an (N, L, D) token tensor or an (N, H, W, C) map, which
+    keeps one module valid for any sequence length or image size)."""
+    if affine_dim is None:
+        return start_dim
+    if isinstance(affine_dim, bool) or not isinstance(affine_dim, int) or affine_dim not in (start_dim, ndim - 1,
+                                                                                             start_dim - ndim, -1):
+        raise ValueError(f"LayerAct affine_dim={affine_dim!r} for a {ndim}-D input with start_dim={start_dim}: the "
+                         f"affine acts along start_dim (affine_dim=None) or the last dim (affine_dim=-1)")
+    return affine_dim % ndim
 
 
 def channel_view(p: Tensor, ndim: int, start_dim: int) -> Tensor:
@@ -176,18 +190,19 @@ def layer_stats(y: Tensor, start_dim: int, alpha: float) -> Tuple[Tensor, Tensor
 
 
 def normalized(y: Tensor, start_dim: int, alpha: float, weight: Optional[Tensor] = None,
-               bias: Optional[Tensor] = None) -> Tensor:
+               bias: Optional[Tensor] = None, affine_dim: Optional[int] = None) -> Tensor:
     """z = n (or weight * n + bias): what the scale function of a LayerAct sees; y already in compute dtype."""
     mean, rstd = layer_stats(y, start_dim, alpha)
     z = (y - mean) * rstd
     if weight is not None:
-        z = z * channel_view(weight.to(z.dtype), y.dim(), start_dim) + channel_view(bias.to(z.dtype), y.dim(), start_dim)
+        ad = affine_dim_of(y.dim(), start_dim, affine_dim)
+        z = z * channel_view(weight.to(z.dtype), y.dim(), ad) + channel_view(bias.to(z.dtype), y.dim(), ad)
     return z
 
 
 def la_reference(x: Tensor, kind: str = "silu", alpha: float = DEFAULT_ALPHA, weight: Optional[Tensor] = None,
-                 bias: Optional[Tensor] = None, start_dim: int = 1) -> Tensor:
+                 bias: Optional[Tensor] = None, start_dim: int = 1, affine_dim: Optional[int] = None) -> Tensor:
     """The plain formula in tensor ops (autograd through every step); float32 statistics for half inputs."""
-    sd = check_args(x, kind, alpha, weight, bias, start_dim)
+    sd = check_args(x, kind, alpha, weight, bias, start_dim, affine_dim)
     y = x.float() if x.dtype in LOW_PRECISION else x
-    return (y * scale(normalized(y, sd, alpha, weight, bias), kind)).to(x.dtype)
+    return (y * scale(normalized(y, sd, alpha, weight, bias, affine_dim), kind)).to(x.dtype)

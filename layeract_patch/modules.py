@@ -26,23 +26,32 @@ class LayerAct(nn.Module):
             wherever timm or torchvision build activations with `act_layer(inplace=True)`.
         start_dim: the first dim of "the layer": 1 (default, the paper's) normalizes all non-batch
             dims together (for an (N, L, D) transformer activation: L x D per sample); -1 normalizes each
-            token of an (N, L, D) tensor over D. The affine acts along this dim: per token (dim 1 = L, so
-            for one sequence length) with the default on (N, L, D) tensors, per feature with -1.
+            token of an (N, L, D) tensor over D.
+        affine_dim: the dim the affine acts along: None (default) is start_dim, the channels of an
+            (N, C, H, W) map; -1 is the last dim, the features of an (N, L, D) token tensor or an (N, H, W, C)
+            map (timm's ConvNeXt blocks, Swin), so that one module serves any sequence length or image size.
+            (With the default, an (N, L, D) input's affine would be per token, for one sequence length.)
     """
 
     kind = "silu"
 
     def __init__(self, alpha: float = DEFAULT_ALPHA, affine: bool = False, num_channels: Optional[int] = None,
-                 inplace: bool = False, start_dim: int = 1, device=None, dtype=None) -> None:
+                 inplace: bool = False, start_dim: int = 1, device=None, dtype=None, *,
+                 affine_dim: Optional[int] = None) -> None:
         super().__init__()
         name = type(self).__name__
         self.alpha = check_alpha(alpha)
         self.affine = bool(affine)
         self.inplace = inplace
         self.start_dim = int(start_dim)
+        if affine_dim is not None and (isinstance(affine_dim, bool) or affine_dim not in (-1, self.start_dim)):
+            raise ValueError(f"{name}(affine_dim={affine_dim!r}): the affine acts along start_dim (affine_dim=None, "
+                             f"the default) or the last dim (affine_dim=-1)")
+        self.affine_dim = affine_dim
         if affine:
             if num_channels is None or int(num_channels) <= 0:
-                raise ValueError(f"{name}(affine=True) needs num_channels, the size of dim {start_dim} of its input "
+                where = "the last dim" if affine_dim == -1 else f"dim {start_dim}"
+                raise ValueError(f"{name}(affine=True) needs num_channels, the size of {where} of its input "
                                  f"(e.g. {name}(affine=True, num_channels=64)); got {num_channels!r}")
             self.num_channels = int(num_channels)
             self.weight = nn.Parameter(torch.ones(self.num_channels, device=device, dtype=dtype))
@@ -60,14 +69,15 @@ class LayerAct(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.affine:  # skips nn.Module.__getattr__ for the two None parameters (a small call's cost counts)
             return layer_act(x, self.kind, self.alpha, None, None, self.start_dim)
+        dim = self.start_dim if self.affine_dim is None else self.affine_dim
         if x.dim() > 1:
-            channels = x.shape[self.start_dim] if -x.dim() <= self.start_dim < x.dim() else None
+            channels = x.shape[dim] if -x.dim() <= dim < x.dim() else None
             if channels != self.num_channels:
                 raise ValueError(f"{type(self).__name__} was built with num_channels={self.num_channels} but its input "
-                                 f"{tuple(x.shape)} has {channels} on dim {self.start_dim}; build it with "
+                                 f"{tuple(x.shape)} has {channels} on dim {dim}; build it with "
                                  f"num_channels={channels} (or convert with an example input so each call site gets "
                                  f"its own size)")
-        return layer_act(x, self.kind, self.alpha, self.weight, self.bias, self.start_dim)
+        return layer_act(x, self.kind, self.alpha, self.weight, self.bias, self.start_dim, self.affine_dim)
 
     def extra_repr(self) -> str:
         text = f"alpha={self.alpha}, affine={self.affine}"
@@ -75,6 +85,8 @@ class LayerAct(nn.Module):
             text += f", num_channels={self.num_channels}"
         if self.start_dim != 1:
             text += f", start_dim={self.start_dim}"
+        if self.affine_dim is not None:
+            text += f", affine_dim={self.affine_dim}"
         return text
 
 
@@ -102,7 +114,7 @@ class LAGELU(LayerAct):
 
     def __init__(self, alpha: float = DEFAULT_ALPHA, affine: bool = False, num_channels: Optional[int] = None,
                  inplace: bool = False, start_dim: int = 1, device=None, dtype=None, *,
-                 approximate: str = "none") -> None:
+                 approximate: str = "none", affine_dim: Optional[int] = None) -> None:
         forms = _forms(LAGELU)
         if isinstance(alpha, str):  # LAGELU("tanh"), as nn.GELU("tanh") would be written
             raise TypeError(f"LAGELU's first argument is alpha, a number; got {alpha!r}: pass the GELU form by name, "
@@ -110,7 +122,7 @@ class LAGELU(LayerAct):
         if approximate not in forms:
             raise ValueError(f"LAGELU(approximate={approximate!r}): choose one of {', '.join(map(repr, forms))}, "
                              f"as for nn.GELU")
-        super().__init__(alpha, affine, num_channels, inplace, start_dim, device, dtype)
+        super().__init__(alpha, affine, num_channels, inplace, start_dim, device, dtype, affine_dim=affine_dim)
         self.approximate = approximate
         self.kind = forms[approximate]
 

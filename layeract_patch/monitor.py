@@ -51,8 +51,8 @@ def activation_scale(module: nn.Module, y: Tensor) -> Tensor:
     y = y.float() if y.dtype in LOW_PRECISION else y
     if kind != "layer_act":
         return scale(y, kind)
-    # the normalization of _math.la_reference, with the module's own alpha, start_dim and affine
-    z = normalized(y, module.start_dim % y.dim(), module.alpha, module.weight, module.bias)
+    # the normalization of _math.la_reference, with the module's own alpha, start_dim and affine (and its dim)
+    z = normalized(y, module.start_dim % y.dim(), module.alpha, module.weight, module.bias, module.affine_dim)
     return scale(z, module.kind)
 
 

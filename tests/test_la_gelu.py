@@ -175,12 +175,16 @@ def test_convert_takes_start_dim_for_the_whole_model_and_sizes_affine_along_it()
     per_token = convert_activations(vit(), to="la_gelu", start_dim=-1)
     acts = [m for m in per_token.modules() if isinstance(m, LAGELU)]
     assert len(acts) == 2 and all(a.start_dim == -1 for a in acts)
-    # affine acts along start_dim: per feature (D = 768 hidden units) with -1, per token (L) by default
+    # the affine acts per feature (D = 768 hidden units): along start_dim -1, and along the last dim by default,
+    # since the MLP's input comes from a Linear (features last); per token (L) only when asked for
     features = convert_activations(vit(), to="la_gelu_affine", start_dim=-1, example_input=images)
-    assert features.blocks[0].mlp.act.num_channels == 768
-    token_wise = convert_activations(vit(), to="la_gelu_affine", example_input=images)
+    assert features.blocks[0].mlp.act.num_channels == 768 and features.blocks[0].mlp.act.affine_dim is None
+    default = convert_activations(vit(), to="la_gelu_affine", example_input=images)
+    act = default.blocks[0].mlp.act
+    assert (act.num_channels, act.start_dim, act.affine_dim) == (768, 1, -1)
+    token_wise = convert_activations(vit(), to="la_gelu_affine", affine_dim=1, example_input=images)
     assert token_wise.blocks[0].mlp.act.num_channels == tokens
-    for model in (per_token, features, token_wise):
+    for model in (per_token, features, default, token_wise):
         out = model(images)
         out.sum().backward()
         assert out.isfinite().all()

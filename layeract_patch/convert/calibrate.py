@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .._eval_mode import evaluating
-from ..functional import layer_act, layer_stats
+from ..functional import affine_dim_of, layer_act, layer_stats
 from ..modules import LayerAct
 from .report import LayerCalibration
 from .wrappers import unwrap
@@ -187,13 +187,13 @@ def relative_error(output: Tensor, target: Tensor) -> float:
     return err / scale if scale > 0 else (0.0 if err == 0 else math.inf)
 
 
-def _closed_form(x: Tensor, start_dim: int, alpha: float) -> Tuple[Tensor, Tensor]:
+def _closed_form(x: Tensor, start_dim: int, channel_dim: int, alpha: float) -> Tuple[Tensor, Tensor]:
     """Per channel, the least-squares line y ~ w * n + b: y = std_s * n + mean_s holds exactly per sample, so
     this is the channel's typical scale and offset (weighted over samples)."""
     mean, rstd = layer_stats(x, start_dim, alpha)
     n = (x - mean) * rstd
-    channel_last = x.movedim(start_dim, -1).reshape(-1, x.shape[start_dim])
-    n_last = n.movedim(start_dim, -1).reshape(-1, x.shape[start_dim])
+    channel_last = x.movedim(channel_dim, -1).reshape(-1, x.shape[channel_dim])
+    n_last = n.movedim(channel_dim, -1).reshape(-1, x.shape[channel_dim])
     n_mean, y_mean = n_last.mean(0), channel_last.mean(0)
     n_var = (n_last - n_mean).pow(2).mean(0)
     cov = ((n_last - n_mean) * (channel_last - y_mean)).mean(0)
@@ -205,14 +205,15 @@ def _fit(site: _Site, x: Tensor, target: Tensor, how: Calibration) -> Tuple[floa
     """Set the site's weight and bias to the best of: the plain swap, the scaled closed form, its Adam refinement.
     Returns (plain error, calibrated error)."""
     module = site.module
-    kind, alpha, start_dim = module.kind, module.alpha, module.start_dim % x.dim()
+    kind, alpha, start_dim, affine_dim = module.kind, module.alpha, module.start_dim % x.dim(), module.affine_dim
+    channel_dim = affine_dim_of(x.dim(), start_dim, affine_dim)
 
     def error(weight: Optional[Tensor], bias: Optional[Tensor], rows: slice = slice(None)) -> float:
-        return relative_error(layer_act(x[rows], kind, alpha, weight, bias, start_dim), target[rows])
+        return relative_error(layer_act(x[rows], kind, alpha, weight, bias, start_dim, affine_dim), target[rows])
 
-    ones = torch.ones(x.shape[start_dim])
+    ones = torch.ones(x.shape[channel_dim])
     plain = error(None, None)
-    weight0, bias0 = _closed_form(x, start_dim, alpha)
+    weight0, bias0 = _closed_form(x, start_dim, channel_dim, alpha)
     probe = slice(0, min(len(x), 256))
     gain = min(GAINS, key=lambda g: error(weight0 * g, bias0 * g, probe)) if how.search_gain else 1.0
     start = (error(weight0 * gain, bias0 * gain), weight0 * gain, bias0 * gain)
@@ -228,7 +229,7 @@ def _fit(site: _Site, x: Tensor, target: Tensor, how: Calibration) -> Tuple[floa
         for _ in range(how.steps):
             rows = torch.randint(len(x), (min(how.batch_size, len(x)),), generator=generator)
             t = target[rows]
-            output = layer_act(x[rows], kind, alpha, weight, bias, start_dim)
+            output = layer_act(x[rows], kind, alpha, weight, bias, start_dim, affine_dim)
             loss = (output - t).pow(2).sum() / t.pow(2).sum().clamp_min(1e-30)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

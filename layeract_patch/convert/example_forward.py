@@ -28,6 +28,8 @@ class Call(NamedTuple):
     shape: Optional[Tuple[int, ...]]
     dtype: Optional[torch.dtype]
     device: Optional[torch.device]
+    after: Optional[nn.Module] = None  # the leaf module that finished last before this call (its input's producer,
+                                       # in the usual fc1 -> act); sizing reads a Linear there as "features last"
 
 
 class ExampleForward(TorchFunctionMode):
@@ -45,19 +47,23 @@ class ExampleForward(TorchFunctionMode):
         self.discarded: Dict[int, Tuple[str, nn.Module]] = {}
         self._unread: Dict[int, Tuple[nn.Module, Any]] = {}
         self._stack: List[Tuple[nn.Module, Counter]] = []
+        self._last_leaf: Optional[nn.Module] = None
 
     def _pre(self, module: nn.Module, args: Tuple[Any, ...]) -> None:
         if id(module) in self.watched:
             caller, counts = self._stack[-1] if self._stack else (None, Counter())
             x = args[0] if args and isinstance(args[0], torch.Tensor) else None
             self.calls[id(module)].append(Call(caller, counts[id(module)], None if x is None else tuple(x.shape),
-                                               None if x is None else x.dtype, None if x is None else x.device))
+                                               None if x is None else x.dtype, None if x is None else x.device,
+                                               self._last_leaf))
             counts[id(module)] += 1
         self._stack.append((module, Counter()))
 
     def _post(self, module: nn.Module, args: Any, output: Any) -> Any:
         if self._stack:
             self._stack.pop()
+        if not module._modules:
+            self._last_leaf = module
         if (id(module) in self.watched and getattr(module, "inplace", False) and not isinstance(module, LayerAct)
                 and isinstance(output, torch.Tensor)):
             # An in-place activation returns its input, so "is the result used" cannot be told by identity. Hand

@@ -79,29 +79,55 @@ def _channels_from_structure(parent: Optional[nn.Module], name: Optional[str]):
     return None, None
 
 
-def _call_sites(calls: List[Call], start_dim: int):
-    """Unique (caller, position) sites in first-call order -> (sites, schedule, callers, problem)."""
+def _features_last(call: Call) -> bool:
+    """Whether the input's channels are its last dim: it comes straight from an nn.Linear (a transformer's or a
+    channels-last ConvNeXt block's fc1), whose output features are always last."""
+    return (isinstance(call.after, nn.Linear) and call.shape is not None and len(call.shape) >= 3
+            and call.shape[-1] == call.after.out_features)
+
+
+def _site_dim(call: Call, start_dim: int, affine_dim: Optional[int]) -> int:
+    """The dim of the call's input that the affine acts along: the one asked for, else the last dim of a features-last
+    input, else start_dim."""
+    if affine_dim is not None:
+        return affine_dim
+    return -1 if _features_last(call) else start_dim
+
+
+def _call_sites(calls: List[Call], start_dim: int, affine_dim: Optional[int]):
+    """Unique (caller, position) sites in first-call order -> (sites, their affine dims, schedule, callers, problem)."""
     sites: Dict[Tuple[int, int], int] = {}
     first: List[Call] = []
+    dims: List[int] = []
     callers: Dict[int, int] = {}
     caller_modules: List[Optional[nn.Module]] = []
     schedule: List[List[int]] = []
     for call in calls:
-        if call.shape is None or not -len(call.shape) <= start_dim < len(call.shape):
-            return [], [], [], "its input in the example forward is not a tensor with a channel dim"
+        dim = _site_dim(call, start_dim, affine_dim)
+        if call.shape is None or not -len(call.shape) <= min(start_dim, dim) <= max(start_dim, dim) < len(call.shape):
+            return [], [], [], [], "its input in the example forward is not a tensor with a channel dim"
         key = (id(call.caller), call.position)
         if key not in sites:
             sites[key] = len(first)
             first.append(call)
+            dims.append(dim)
             if id(call.caller) not in callers:
                 callers[id(call.caller)] = len(caller_modules)
                 caller_modules.append(call.caller)
                 schedule.append([])
             schedule[callers[id(call.caller)]].append(sites[key])
-        elif first[sites[key]].shape[start_dim] != call.shape[start_dim]:
-            return [], [], [], (f"one call site saw {first[sites[key]].shape[start_dim]} and {call.shape[start_dim]} "
-                                f"channels")
-    return first, schedule, caller_modules, ""
+        else:
+            seen, seen_dim = first[sites[key]], dims[sites[key]]
+            if seen_dim != dim or seen.shape[seen_dim] != call.shape[dim]:
+                return [], [], [], [], f"one call site saw {seen.shape[seen_dim]} and {call.shape[dim]} channels"
+    return first, dims, schedule, caller_modules, ""
+
+
+def _affine_dim_kwarg(site: Call, dim: int, start_dim: int, affine_dim: Optional[int]) -> Optional[int]:
+    """What the new module is built with: -1 where sizing chose the last dim and it is not start_dim already."""
+    if affine_dim is not None or dim == start_dim or (dim % len(site.shape)) == (start_dim % len(site.shape)):
+        return None
+    return -1
 
 
 def size_affine(model_name: str, jobs, recorded: Optional[ExampleForward],
@@ -120,28 +146,31 @@ def size_affine(model_name: str, jobs, recorded: Optional[ExampleForward],
         name = target.cls.__name__
         where = f"{chosen[0].fqn or '<root>'} ({type(old).__name__}" + (
             f" in {type(chosen[0].parent).__name__})" if chosen[0].parent is not None else ")")
-        start_dim = target.kwargs.get("start_dim", 1)
-        sites, schedule, callers, problem = _call_sites(recorded.calls.get(key, []) if recorded else [], start_dim)
+        start_dim, affine_dim = target.kwargs.get("start_dim", 1), target.kwargs.get("affine_dim")
+        sites, dims, schedule, callers, problem = _call_sites(recorded.calls.get(key, []) if recorded else [],
+                                                              start_dim, affine_dim)
         if problem:
             problems.append(f"{where}: {problem}")
         elif len(sites) > 1 and len(chosen) != len(every):
             problems.append(f"{where}: reused at {len(sites)} call sites and excluded by filter_fn under another "
                             f"name; include or exclude all of {', '.join(s.fqn for s in every)}")
         elif len(sites) > 1:
-            acts = [target.build(old, site.shape[start_dim], site) for site in sites]
+            acts = [target.build(old, site.shape[dim], site, _affine_dim_kwarg(site, dim, start_dim, affine_dim))
+                    for site, dim in zip(sites, dims)]
             dispatch = CallSiteActs(acts, schedule)
             dispatch.train(old.training)
             attachments.append((dispatch, callers))
             replacements[key] = (dispatch, f"CallSiteActs({len(acts)} x {name}: "
                                            f"{', '.join(str(a.num_channels) for a in acts)})")
         elif len(sites) == 1:
-            channels = sites[0].shape[start_dim]
-            replacements[key] = (target.build(old, channels, sites[0]), f"{name}({channels})")
+            channels = sites[0].shape[dims[0]]
+            built = target.build(old, channels, sites[0], _affine_dim_kwarg(sites[0], dims[0], start_dim, affine_dim))
+            replacements[key] = (built, f"{name}({channels}" + (", features last)" if built.affine_dim == -1 else ")"))
         else:
             inputs = traced[0].inputs[key] if traced is not None else []
             like = _producer(inputs[0], traced[0].root, memo) if len(inputs) == 1 else None
-            channels = _channels_of(like) if start_dim == 1 else None
-            if channels is None and start_dim == 1:
+            channels = _channels_of(like) if start_dim == 1 and affine_dim in (None, 1) else None
+            if channels is None and start_dim == 1 and affine_dim in (None, 1):
                 channels, like = _channels_from_structure(chosen[0].parent, chosen[0].name)
             if len(every) > 1:
                 problems.append(f"{where}: one instance held in {len(every)} places "

@@ -89,8 +89,10 @@ def convert_activations(model: nn.Module, to: Union[str, type, Mapping[type, Any
         **layer_kwargs: passed to every new LayerAct, e.g. alpha=1e-5, approximate="tanh" (LA-GELU), or
             start_dim: "the layer" of every converted activation, for the whole model. 1 (the default, the
             paper's) normalizes all non-batch dims of each sample: a ViT MLP's (N, L, D) activation over L x D;
-            -1 normalizes each token over D. With affine=True the weight acts along start_dim: per token (dim 1,
-            sized for one sequence length) by default on (N, L, D) tensors, per feature with start_dim=-1.
+            -1 normalizes each token over D. Or affine_dim: the dim an affine target's weight acts along. By
+            default start_dim (a conv map's channels), except where the activation's input comes straight from
+            an nn.Linear (a transformer's or a channels-last ConvNeXt's MLP): there the last dim, the features,
+            so one module serves any sequence length or image size; affine_dim=1 forces dim 1 (per token).
 
     Raises:
         ValueError: unknown `to`, a `to` key that is not an activation, bad options, affine without a way to size

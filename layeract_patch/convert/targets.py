@@ -69,10 +69,13 @@ class Target(NamedTuple):
         return (type(module) is self.cls and module.affine == self.affine
                 and all(getattr(module, k, v) == v for k, v in self.kwargs.items() if k != "inplace"))
 
-    def build(self, old: nn.Module, channels: Optional[int] = None, like: Any = None) -> LayerAct:
+    def build(self, old: nn.Module, channels: Optional[int] = None, like: Any = None,
+              affine_dim: Optional[int] = None) -> LayerAct:
         """The LayerAct replacing `old`, in its mode; with `channels`, affine, on the device and dtype of `like`
-        (an example call or the module feeding the site)."""
+        (an example call or the module feeding the site), along `affine_dim` where sizing chose one."""
         kwargs = dict(self.kwargs)
+        if affine_dim is not None:
+            kwargs.setdefault("affine_dim", affine_dim)
         kwargs.setdefault("inplace", bool(getattr(old, "inplace", False)))
         for key, value in catalogue.form_options(self.cls, old).items():  # the source's form unless one was given
             kwargs.setdefault(key, value)
