@@ -4,7 +4,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from layeract_patch import convert_activations
+from layeract_patch import Calibration, convert_activations
 from layeract_patch.convert import CallSiteActs
 from layeract_patch.modules import LayerAct
 
@@ -169,3 +169,32 @@ def test_the_calibration_benchmark_runs_end_to_end(tmp_path):
     assert [r["variant"] for r in rows] == ["original", "plain swap (la_silu)", "closed form", "+ gain search"]
     assert all(0 <= r["top1"] <= 100 for r in rows) and rows[2]["seconds_median"] > 0
     assert "CPU" in run.stdout and "wall" in run.stdout
+
+
+def test_max_error_keeps_the_sites_calibration_cannot_fit_and_reports_them():
+    net, images = trained(nn.Hardswish)
+    net.eval()
+    originals = {name: m for name, m in net.named_modules() if isinstance(m, nn.Hardswish)}
+    _, first = convert_activations(__import__("copy").deepcopy(net), to="la_hardsilu_affine", calibrate=images[:64],
+                                   return_report=True)
+    single = sorted(c.calibrated_error for c in first.calibration if ".sites." not in c.fqn)
+    bound = (single[0] + single[-1]) / 2  # between the best and the worst single-call site: some stay, some go
+    model, report = convert_activations(net, to="la_hardsilu_affine", return_report=True,
+                                        calibrate=Calibration(images[:64], max_error=bound))
+    kept = [c for c in report.calibration if c.kept]
+    assert kept and len(kept) < len(report.calibration)
+    for c in report.calibration:
+        assert c.kept == (c.calibrated_error > bound and ".sites." not in c.fqn), c  # shared call sites stay
+    modules = dict(model.named_modules())
+    for c in kept:  # the very module the model had, in its place, listed as skipped and not as swapped
+        assert modules[c.fqn] is originals[c.fqn]
+        assert any(s.fqn == c.fqn and "above max_error" in s.reason for s in report.skipped)
+        assert all(s.fqn != c.fqn for s in report.swapped)
+    assert "kept as Hardswish" in str(report)
+    assert model(images[:4]).isfinite().all()
+
+
+@pytest.mark.parametrize("bound", [0, -0.1, float("nan"), True, "0.1"])
+def test_a_bad_max_error_is_one_clear_error(bound):
+    with pytest.raises(ValueError, match="max_error"):
+        Calibration(torch.randn(2, 3, 12, 12), max_error=bound)

@@ -454,20 +454,30 @@ def test_calibrate_measures_plain_and_calibrated_swaps_then_finetunes(image_root
     table = capsys.readouterr().out
     assert "plain swap" in table and "calibrated (12 images)" in table
 
-    # --max-iter 0: the swap measured, nothing trained, no checkpoint written
+    # --max-iter 0: the swap measured, nothing trained, no checkpoint written; --calibrate-max-error between the
+    # sites' errors keeps the worst ones as they were
+    bound = sorted(s["calibrated_error"] for s in sites)[len(sites) // 2]
     out = tmp_path / "swap_only"
     assert cli("--model", "timm/cifar_resnet20", "--model-kwargs", "act=relu", "--weights", cifar_relu_weights,
                "--data-dir", image_root, "--act", "la_silu_affine", "--calibrate", "12", "--max-iter", "0",
-               out=out) == 0
+               "--calibrate-max-error", str(bound), out=out) == 0
     results = json.loads((out / "results.json").read_text())
     assert {"original", "plain_swap", "converted"} <= set(results) and "finetuned" not in results
     assert not list(out.glob("checkpoint_*.pt"))
+    assert results["settings"]["calibrate_max_error"] == bound
+    sites = results["conversion"]["calibration"]
+    kept = [s for s in sites if s["kept"]]
+    assert kept and all(s["calibrated_error"] > bound for s in kept)
+    assert all(s["calibrated_error"] <= bound for s in sites if not s["kept"])
+    assert results["conversion"]["swapped"] == 19 - len(kept)
 
 
 @pytest.mark.parametrize("extra, message", [
     (("--act", "la_silu", "--calibrate", "8"), "use --act la_silu_affine"),
     (("--act", "la_silu_affine", "--calibrate", "0"), "number of training images"),
     (("--act", "la_silu_affine", "--calibrate", "500"), "more images than the training split"),
+    (("--act", "la_silu_affine", "--calibrate-max-error", "0.1"), "give --calibrate N with it"),
+    (("--act", "la_silu_affine", "--calibrate", "8", "--calibrate-max-error", "0"), "relative error > 0"),
 ])
 def test_bad_calibrate_flags_are_one_error_line(extra, message, image_root, cifar_relu_weights, tmp_path, capsys):
     argv = ["--model", "timm/cifar_resnet20", "--model-kwargs", "act=relu", "--weights", str(cifar_relu_weights),

@@ -52,23 +52,35 @@ class Calibration:
     batch_size: samples per Adam step.
     search_gain: scale the closed-form start by the gain that fits best (needed for ReLU sources); False
         keeps the plain regression.
+    max_error: a site whose relative error is still above this after the fit keeps the activation it had
+        (listed in the report's `skipped`, its error in `calibration`), so the rest of the model does not pay
+        for the few sites an affine LayerAct cannot reproduce: typically activations on 1x1 or 2x2 maps, where
+        "the layer" is a pixel's channels and each sample's statistics vary most (an ImageNet network at 32 px).
+        None (default) converts every site.
     """
     data: Any
     steps: int = 200
     batch_size: int = 64
     search_gain: bool = True
+    max_error: Optional[float] = None
 
     def __post_init__(self) -> None:
         for name, low in (("steps", 0), ("batch_size", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"Calibration({name}={value!r}): give an integer >= {low}")
+        bound = self.max_error
+        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float))
+                                  or not math.isfinite(bound) or bound <= 0):
+            raise ValueError(f"Calibration(max_error={bound!r}): give a relative error > 0 (e.g. 0.1), or None to "
+                             f"convert every site")
 
 
 class _Site(NamedTuple):
     fqn: str
     module: LayerAct   # the affine LayerAct to fit
     source: nn.Module  # the activation it replaced
+    revert: Optional[Callable[[], None]] = None  # puts `source` back in the model (None: the site cannot be kept)
 
 
 def as_calibration(calibrate: Any) -> Calibration:
@@ -244,11 +256,12 @@ def _fit(site: _Site, x: Tensor, target: Tensor, how: Calibration) -> Tuple[floa
     return plain, best
 
 
-def calibrate_sites(model: nn.Module, sites: List[Tuple[str, LayerAct, nn.Module]], batches: Sequence[Tensor],
+def calibrate_sites(model: nn.Module, sites: List[Tuple[Any, ...]], batches: Sequence[Tensor],
                     how: Calibration, progress: Optional[Callable[[str], None]] = None
                     ) -> Tuple[List[LayerCalibration], List[str]]:
-    """Fit every (fqn, affine LayerAct, replaced activation) site, in forward order; returns a record per site
-    and the names of sites no forward reached (left at weight 1, bias 0)."""
+    """Fit every (fqn, affine LayerAct, replaced activation[, revert]) site, in forward order; returns a record per
+    site and the names of sites no forward reached (left at weight 1, bias 0). A site above `how.max_error` is
+    reverted at once, so the sites after it are fitted to the model as it will be."""
     inner = unwrap(model)
     todo = [_Site(*site) for site in sites]
     records: List[LayerCalibration] = []
@@ -258,8 +271,12 @@ def calibrate_sites(model: nn.Module, sites: List[Tuple[str, LayerAct, nn.Module
             x = _site_inputs(inner, site, batches)
             target = torch.cat([_source_output(site.source, chunk) for chunk in x.split(256)])
             plain, calibrated = _fit(site, x, target, how)
-            records.append(LayerCalibration(site.fqn, type(site.source).__name__, plain, calibrated, len(x)))
+            kept = how.max_error is not None and calibrated > how.max_error and site.revert is not None
+            if kept:
+                site.revert()
+            records.append(LayerCalibration(site.fqn, type(site.source).__name__, plain, calibrated, len(x), kept))
             if progress is not None:
-                progress(f"calibrated {site.fqn}: relative error {plain:.4f} -> {calibrated:.4f}")
+                progress(f"calibrated {site.fqn}: relative error {plain:.4f} -> {calibrated:.4f}"
+                         + (f", above max_error: kept as {type(site.source).__name__}" if kept else ""))
     reached = {id(s.module) for s in ordered}
     return records, [s.fqn for s in todo if id(s.module) not in reached]

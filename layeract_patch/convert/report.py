@@ -35,6 +35,7 @@ class LayerCalibration(NamedTuple):
     plain_error: float  # the plain swap (weight 1, bias 0)
     calibrated_error: float
     samples: int
+    kept: bool = False  # above Calibration.max_error: the site kept the activation it had
 
 
 @dataclass
@@ -66,7 +67,9 @@ class ConversionReport:
                     ("skipped", [f"{s.fqn or '<root>'}: {s.type} ({s.reason})" for s in self.skipped]),
                     ("functional", [f"{c.fqn or '<root>'}: {c.function} ({c.status})" for c in self.functional]),
                     ("calibration", [f"{c.fqn}: {c.source} relative error {c.plain_error:.4g} (plain swap) -> "
-                                     f"{c.calibrated_error:.4g} on {c.samples} samples" for c in self.calibration]),
+                                     f"{c.calibrated_error:.4g} on {c.samples} samples"
+                                     + (f", above max_error: kept as {c.source}" if c.kept else "")
+                                     for c in self.calibration]),
                     ("notes", list(self.notes)))
         for title, entries in sections:
             if entries:

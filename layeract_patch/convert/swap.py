@@ -9,6 +9,7 @@ import contextlib
 import copy
 import logging
 import warnings
+from functools import partial
 from collections import Counter, defaultdict
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
@@ -173,9 +174,11 @@ def convert_activations(model: nn.Module, to: Union[str, type, Mapping[type, Any
         for key, slots in chosen.items():
             new = replacements[key][0]
             split = isinstance(new, CallSiteActs)
-            sites += [(f"{slots[0].fqn}.sites.{i}" if split else slots[0].fqn, site, slots[0].child)
+            sites += [(f"{slots[0].fqn}.sites.{i}" if split else slots[0].fqn, site, slots[0].child,
+                       None if split or any(slot.parent is None for slot in slots) else partial(_revert, slots))
                       for i, site in enumerate(new.sites if split else [new])]
         report.calibration, unreached = calibrate_sites(root, sites, batches, calibrate)
+        _report_kept(report, chosen, calibrate.max_error)
         if unreached:
             report.notes.append(f"not calibrated (no calibration forward reached them; weight 1, bias 0): "
                                 f"{', '.join(unreached)}")
@@ -287,6 +290,23 @@ def _refuse_discarded(chosen: Dict[int, List[_Slot]], discarded: Dict[int, Any])
                          f"conversion that call would silently do nothing. Assign the result where the model calls "
                          f"it (`y = self.act(y)`), or keep it as it is with "
                          f"filter_fn=lambda module, fqn: fqn != {found[0][0]!r}")
+
+
+def _revert(slots: List[_Slot]) -> None:
+    """Put the activation a site replaced back in every place that held it (calibration's max_error)."""
+    for slot in slots:
+        slot.parent._modules[slot.name] = slot.child
+
+
+def _report_kept(report: ConversionReport, chosen: Dict[int, List[_Slot]], max_error: Optional[float]) -> None:
+    """Sites calibration reverted move from `swapped` to `skipped`, with their error."""
+    kept = {c.fqn: c for c in report.calibration if c.kept}
+    if not kept:
+        return
+    fqns = {slot.fqn: kept[slots[0].fqn] for slots in chosen.values() if slots[0].fqn in kept for slot in slots}
+    report.swapped = [s for s in report.swapped if s.fqn not in fqns]
+    report.skipped += [Skip(fqn, c.source, f"calibration error {c.calibrated_error:.3g} above max_error={max_error}: "
+                                         f"kept") for fqn, c in fqns.items()]
 
 
 def _move_hooks(old: nn.Module, new: nn.Module, share: bool) -> None:

@@ -260,7 +260,7 @@ def _run(cfg: FinetuneConfig, out: Path, stream: TextIO) -> dict:
 
     measure("original", model)
     baseline = copy.deepcopy(model) if cfg.baseline else None
-    from ..convert import convert_activations
+    from ..convert import Calibration, convert_activations
 
     model.eval()  # the example forward then works for a batch of one and leaves BatchNorm alone
     calibration = None
@@ -276,7 +276,8 @@ def _run(cfg: FinetuneConfig, out: Path, stream: TextIO) -> dict:
     start = time.perf_counter()
     model, report = convert_activations(model, to=target, affine=affine or calibration is not None,
                                         example_input=example, functional=cfg.functional, return_report=True,
-                                        calibrate=calibration)
+                                        calibrate=None if calibration is None else
+                                        Calibration(calibration, max_error=cfg.calibrate_max_error))
     results["conversion"] = {"swapped": len(report.swapped), "skipped": len(report.skipped),
                              "functional": [f"{c.fqn}: {c.function} ({c.status})" for c in report.functional]}
     if calibration is not None:

@@ -77,6 +77,9 @@ def get_args_parser(add_help: bool = True, prog: Optional[str] = None) -> argpar
     parser.add_argument("--calibrate", type=int, default=d["calibrate"], metavar="N",
                         help="fit the affine LayerAct to the replaced activations on N training images before "
                              "fine-tuning (needs an _affine --act, or auto); the plain swap is measured beside it")
+    parser.add_argument("--calibrate-max-error", type=float, default=d["calibrate_max_error"], metavar="E",
+                        help="with --calibrate: a site whose relative error stays above E (e.g. 0.1) keeps its "
+                             "activation (listed as skipped)")
     parser.add_argument("--seed", type=int, default=d["seed"], help="data order, augmentation, new head, dropout")
     parser.add_argument("--device", default=d["device"], help="auto, cpu, cuda or cuda:<index>")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=d["amp"],

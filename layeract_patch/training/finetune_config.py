@@ -26,7 +26,8 @@ class FinetuneConfig:
 
     `epochs` or `max_iter` sets the budget (iterations of `batch_size` images; max_iter=0 measures the swap
     alone, without training); `calibrate` (N) fits the affine LayerAct to the replaced activations on N
-    training images (eval transform) before fine-tuning, and the plain swap is measured beside it; `lr` and
+    training images (eval transform) before fine-tuning, and the plain swap is measured beside it (sites whose
+    error stays above `calibrate_max_error` keep their activation: `Calibration.max_error`); `lr` and
     `weight_decay` default by optimizer (AdamW 1e-4 / 0.05, SGD 1e-2 / 1e-4); `warmup_iters`
     defaults to 5% of the budget; `amp` and `channels_last` default to on for CUDA, off for the CPU.
     """
@@ -54,6 +55,7 @@ class FinetuneConfig:
     functional: str = "report"
     baseline: bool = False
     calibrate: Optional[int] = None
+    calibrate_max_error: Optional[float] = None
     seed: int = 0
     device: str = "auto"
     amp: Optional[bool] = None
@@ -96,6 +98,11 @@ def check_config(cfg: FinetuneConfig) -> FinetuneConfig:
         if not (conversion_target(cfg.act)[1] or cfg.act == "auto"):
             raise ValueError(f"--calibrate fits the weight and bias of an affine LayerAct, and --act {cfg.act} has "
                              f"none; use --act {cfg.act}_affine")
+    if cfg.calibrate_max_error is not None:
+        if cfg.calibrate is None:
+            raise ValueError("--calibrate-max-error bounds what calibration keeps; give --calibrate N with it")
+        if not cfg.calibrate_max_error > 0:
+            raise ValueError(f"--calibrate-max-error takes a relative error > 0 (e.g. 0.1), got {cfg.calibrate_max_error}")
     if cfg.max_iter == 0 and cfg.baseline:
         raise ValueError("--max-iter 0 measures the swap without training, so --baseline has nothing to compare; "
                          "drop one of them")
