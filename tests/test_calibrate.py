@@ -1,4 +1,6 @@
 """Calibrated conversion: convert_activations(model, to="la_silu_affine", calibrate=data) on a trained model."""
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -175,7 +177,7 @@ def test_max_error_keeps_the_sites_calibration_cannot_fit_and_reports_them():
     net, images = trained(nn.Hardswish)
     net.eval()
     originals = {name: m for name, m in net.named_modules() if isinstance(m, nn.Hardswish)}
-    _, first = convert_activations(__import__("copy").deepcopy(net), to="la_hardsilu_affine", calibrate=images[:64],
+    _, first = convert_activations(copy.deepcopy(net), to="la_hardsilu_affine", calibrate=images[:64],
                                    return_report=True)
     single = sorted(c.calibrated_error for c in first.calibration if ".sites." not in c.fqn)
     bound = (single[0] + single[-1]) / 2  # between the best and the worst single-call site: some stay, some go
