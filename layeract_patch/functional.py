@@ -15,8 +15,9 @@ from typing import Optional
 from torch import Tensor
 
 from ._kernels import op
-from ._math import (DEFAULT_ALPHA, KINDS, LOW_PRECISION, SCALES, Scale, affine_dim_of,  # noqa: F401
-                    channel_view, check_alpha, check_args, la_reference, layer_act_kinds, layer_stats, normalized, scale, scale_derivative)
+from ._math import (DEFAULT_ALPHA, KINDS, LOW_PRECISION, SCALES, Scale, affine_dim_of, channel_view,  # noqa: F401
+                    check_alpha, check_args, la_reference, layer_act_kinds, layer_stats, normalized, scale,
+                    scale_derivative)
 
 __all__ = ["la_silu", "la_hardsilu", "la_gelu", "layer_act", "la_reference", "layer_stats", "normalized", "SCALES",
            "KINDS", "DEFAULT_ALPHA", "LOW_PRECISION"]

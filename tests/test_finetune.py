@@ -478,6 +478,7 @@ def test_calibrate_measures_plain_and_calibrated_swaps_then_finetunes(image_root
     (("--act", "la_silu_affine", "--calibrate", "500"), "more images than the training split"),
     (("--act", "la_silu_affine", "--calibrate-max-error", "0.1"), "give --calibrate N with it"),
     (("--act", "la_silu_affine", "--calibrate", "8", "--calibrate-max-error", "0"), "relative error > 0"),
+    (("--act", "la_silu_affine", "--calibrate", "8", "--calibrate-max-error", "inf"), "relative error > 0"),
 ])
 def test_bad_calibrate_flags_are_one_error_line(extra, message, image_root, cifar_relu_weights, tmp_path, capsys):
     argv = ["--model", "timm/cifar_resnet20", "--model-kwargs", "act=relu", "--weights", str(cifar_relu_weights),

@@ -125,7 +125,7 @@ def _call_sites(calls: List[Call], start_dim: int, affine_dim: Optional[int]):
 
 def _affine_dim_kwarg(site: Call, dim: int, start_dim: int, affine_dim: Optional[int]) -> Optional[int]:
     """What the new module is built with: -1 where sizing chose the last dim and it is not start_dim already."""
-    if affine_dim is not None or dim == start_dim or (dim % len(site.shape)) == (start_dim % len(site.shape)):
+    if affine_dim is not None or dim % len(site.shape) == start_dim % len(site.shape):
         return None
     return -1
 

@@ -4,6 +4,7 @@ The run itself is finetune.py's; the command line finetune_cli.py's.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +102,7 @@ def check_config(cfg: FinetuneConfig) -> FinetuneConfig:
     if cfg.calibrate_max_error is not None:
         if cfg.calibrate is None:
             raise ValueError("--calibrate-max-error bounds what calibration keeps; give --calibrate N with it")
-        if not cfg.calibrate_max_error > 0:
+        if not (math.isfinite(cfg.calibrate_max_error) and cfg.calibrate_max_error > 0):  # as Calibration requires
             raise ValueError(f"--calibrate-max-error takes a relative error > 0 (e.g. 0.1), got {cfg.calibrate_max_error}")
     if cfg.max_iter == 0 and cfg.baseline:
         raise ValueError("--max-iter 0 measures the swap without training, so --baseline has nothing to compare; "
