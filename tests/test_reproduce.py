@@ -184,15 +184,32 @@ def test_report_early_training_loss_and_precision(tmp_path):
     # by hand: windows 100..1200 lie before the drop at 1250, mean iteration 650 -> 2.3 - 0.325 - seed / 10
     silu, la = [1.975, 1.875], [1.775, 1.675]
     assert "mean training loss over the first 1,250 iterations" in text
-    assert "| SiLU | 2 | 1.925 ± 0.071 | – | – |" in text
+    assert "| SiLU | 2 | 1.925 ± 0.071 | – |" in text  # a column per reference run here: SiLU only
     p = welch_test(la, silu).p  # t = -0.2 / 0.0707, df = 2
     assert p == pytest.approx(0.1056, abs=1e-3)
-    assert f"| LA-SiLU | 2 | 1.725 ± 0.071 | {p:.2g} | – |" in text
+    assert f"| LA-SiLU | 2 | 1.725 ± 0.071 | {p:.2g} |" in text
     assert f"LA-SiLU vs SiLU, early training loss: -0.200, p={p:.2g}: not significant" in text
     # the precision is part of the table's identity and said beside the schedule
     assert "2,500 iterations, bf16 autocast" in text and "Precision: bfloat16 autocast" in text
     write_runs_csv(tmp_path / "runs.csv", runs)  # float32 runs: no precision note
     assert "autocast" not in build_report(tmp_path, figures=False).read_text()
+
+
+def test_report_compares_la_gelu_with_gelu(tmp_path):
+    # the gelu preset's table has no SiLU or ReLU runs: its p-values are against GELU, in a column of their own
+    write_runs_csv(tmp_path / "runs.csv", [
+        ("la_gelu_affine", 0, 58.0, 1.10), ("la_gelu_affine", 1, 59.0, 1.12),
+        ("la_gelu", 0, 59.0, 1.10), ("la_gelu", 1, 60.0, 1.11), ("gelu", 0, 57.0, 1.20), ("gelu", 1, 58.0, 1.22)])
+    (group,) = group_runs(read_runs(tmp_path / "runs.csv"))
+    assert list(group.acts) == ["gelu", "la_gelu", "la_gelu_affine"]  # the plain activation first, as for SiLU
+    p = welch_test([59.0, 60.0], [57.0, 58.0]).p
+    assert group.acts["la_gelu"].vs["gelu"].p == pytest.approx(p)
+    text = build_report(tmp_path, figures=False).read_text()
+    assert "| activation | n | best | mean ± std | 95% CI | p vs GELU | paper best / mean |" in text
+    assert "p vs SiLU" not in text and "p vs ReLU" not in text
+    assert f"| LA-GELU | 2 | 60.00 | 59.50 ± 0.71 | [53.15, 65.85] | {p:.2g} | – |" in text
+    assert f"LA-GELU vs GELU, test top-1: +2.00 points, p={p:.2g} (n=2 vs 2)" in text
+    assert "Affine LA-GELU vs GELU, per-sample test-loss std" in text and "GELU vs LA-GELU" not in text
 
 
 # --- presets and selection ---------------------------------------------------------------------------------

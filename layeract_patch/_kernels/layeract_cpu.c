@@ -14,12 +14,12 @@
  * the statistics of any finite sample are finite.
  *
  * Half precision: statistics and all arithmetic stay in float32, only loads and stores change.
- * bfloat16 is read and written inside the hot loops: widening is a shift and rounding to nearest
- * even a few integer operations, which the compiler vectorises along with the arithmetic (this
- * measured faster than converting tiles with AVX512-BF16's instruction, which also flushes
- * subnormals). float16 is converted a tile at a time on the stack, with F16C where the compiler
- * offers it, and the float32 loops run on the tile. Affine parameters and their gradients are
- * always float32.
+ * The forward's apply and the backward's pass 2 convert a tile at a time on the stack and run the
+ * float32 loops on it (bfloat16 stores use AVX512-BF16's vcvtneps2bf16 where the CPU has it, see
+ * store_tile; float16 uses F16C where the compiler offers it). The statistics and the backward's
+ * pass 1 read bfloat16 inside their loops, where widening is a shift the compiler vectorises
+ * along with the arithmetic; float16 reaches pass 1 as tiles too. Affine parameters and their
+ * gradients are always float32.
  *
  * Built with -ffinite-math-only (clamps become min/max, about 20% faster), so NaN and inf are
  * handled explicitly: a sample whose statistics are not finite (it holds a NaN or inf) gets NaN

@@ -60,7 +60,7 @@ def paper_loss_std(key: Key, act: str) -> Optional[Pair]:
     return LOSS_STD.get(key, {}).get(act)
 
 
-_NAMES = {"relu": "ReLU", "silu": "SiLU", "hardsilu": "HardSiLU"}
+_NAMES = {"relu": "ReLU", "silu": "SiLU", "hardsilu": "HardSiLU", "gelu": "GELU", "gelu_tanh": "GELU(tanh)"}
 
 
 def act_label(name: str) -> str:

@@ -1,4 +1,5 @@
-"""report.md from runs.csv: per table, best / mean +- std, 95% CI, Welch's p against SiLU and ReLU, the paper's
+"""report.md from runs.csv: per table, best / mean +- std, 95% CI, Welch's p against the plain activations run
+beside (SiLU, ReLU; GELU for LA-GELU), the paper's
 numbers beside ours, the per-sample loss std (Table 5), how fast the training loss falls early (Figs. 3-4),
 plain sentences on what the data support, figures.
 
@@ -24,7 +25,8 @@ __all__ = ["read_runs", "Group", "ActStats", "group_runs", "build_report", "act_
 
 ALPHA = 0.05
 PYTHON = ".venv/bin/python"  # the README's set-up puts it there: commands in a report work from the repository root
-REFERENCES = ("silu", "relu")
+# the plain activations LayerAct is compared with, where a table has their runs: the paper's two, and GELU
+REFERENCES = ("silu", "relu", "gelu")
 # CIFAR-C group means (see reproduce.CORRUPTION_COLUMNS), in the paper's order
 ROBUSTNESS = (("c_clean", "clean"), ("c_total", "Total"), ("c_noise", "Noise"), ("c_blur", "Blur"),
               ("c_digital", "Digital"), ("c_weather", "Weather"), ("c_extra", "Extra"))
@@ -97,7 +99,8 @@ class Group:
 
 
 # the paper's row order; other activations follow in the order runs.csv names them
-PAPER_ORDER = ("relu", "silu", "hardsilu", "la_silu", "la_hardsilu", "la_silu_affine", "la_hardsilu_affine")
+PAPER_ORDER = ("relu", "silu", "hardsilu", "la_silu", "la_hardsilu", "la_silu_affine", "la_hardsilu_affine",
+               "gelu", "la_gelu", "la_gelu_affine")
 
 
 def _paper_order(act: str) -> int:
@@ -129,6 +132,16 @@ def group_runs(rows: Sequence[Dict]) -> List[Group]:
                  if ref != act and loss_std and _values(members, ref, "test_loss_std")})
         groups.append(Group(model, depth, norm, init, dataset, iterations, amp, members, acts))
     return groups
+
+
+def _references(group: Group) -> List[str]:
+    """The reference activations this table has runs of: its p-value columns."""
+    return [ref for ref in REFERENCES if ref in group.acts]
+
+
+def _p_columns(refs: Sequence[str], label: str = "p") -> Tuple[str, str]:
+    """The header cells and the separator cells of the p-value columns, each with its leading " | "."""
+    return "".join(f" | {label} vs {act_label(ref)}" for ref in refs), "---|" * len(refs)
 
 
 def _p(test: Optional[Welch]) -> str:
@@ -196,29 +209,33 @@ def _sentences(group: Group) -> List[str]:
 
 
 def _table(group: Group) -> List[str]:
-    lines = ["| activation | n | best | mean ± std | 95% CI | p vs SiLU | p vs ReLU | paper best / mean "
-             "| loss std (ours) | paper loss std |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    refs = _references(group)
+    heads, rules = _p_columns(refs)
+    lines = [f"| activation | n | best | mean ± std | 95% CI{heads} | paper best / mean | loss std (ours) "
+             f"| paper loss std |", f"|---|---|---|---|---|{rules}---|---|---|"]
     for act, s in group.acts.items():
         ci = "–" if s.ci is None else f"[{s.ci[0]:.2f}, {s.ci[1]:.2f}]"
         loss = "–" if s.loss_std_mean is None else _spread(s.loss_std_mean, s.loss_std_sd, s.n, 3)
         lines.append(f"| {act_label(act)} | {s.n} | {s.best:.2f} | {_spread(s.mean, s.std, s.n)} | {ci} "
-                     f"| {_p(s.vs.get('silu'))} | {_p(s.vs.get('relu'))} "
-                     f"| {_pair(paper.paper_accuracy(group.key, act))} | {loss} "
+                     + "".join(f"| {_p(s.vs.get(ref))} " for ref in refs)
+                     + f"| {_pair(paper.paper_accuracy(group.key, act))} | {loss} "
                      f"| {_pair(paper.paper_loss_std(group.key, act))} |")
     return lines
 
 
 def _robustness(group: Group) -> List[str]:
-    """The CIFAR-C table (the AAAI-2025 version's claim): group means over seeds, Welch's p of Total vs SiLU/ReLU."""
+    """The CIFAR-C table (the AAAI-2025 version's claim): group means over seeds, Welch's p of Total vs the
+    references."""
     acts = [act for act in group.acts if _values(group.rows, act, "c_total")]
     if not acts:
         return []
+    refs = _references(group)
+    heads, rules = _p_columns(refs, "p(Total)")
     lines = ["Robustness: top-1 (%) on the test set under the 19 CIFAR-C corruptions generated on the fly "
              "(severities 1-5; `layeract_patch.corruptions`), group means as the paper's appendix groups them; "
              "mean ± std over seeds.", "",
-             "| activation | n | " + " | ".join(label for _, label in ROBUSTNESS) + " | p(Total) vs SiLU | p(Total) vs ReLU |",
-             "|---|---|" + "---|" * (len(ROBUSTNESS) + 2)]
+             "| activation | n | " + " | ".join(label for _, label in ROBUSTNESS) + heads + " |",
+             "|---|---|" + "---|" * len(ROBUSTNESS) + rules]
     sentences = []
     for act in acts:
         cells = []
@@ -227,9 +244,9 @@ def _robustness(group: Group) -> List[str]:
             cells.append("–" if not values else _spread(mean(values), sample_std(values), len(values)))
         total = _values(group.rows, act, "c_total")
         tests = {ref: welch_test(total, _values(group.rows, ref, "c_total")) if ref != act else None
-                 for ref in REFERENCES}
+                 for ref in refs}
         lines.append(f"| {act_label(act)} | {len(total)} | " + " | ".join(cells)
-                     + f" | {_p(tests['silu'])} | {_p(tests['relu'])} |")
+                     + "".join(f" | {_p(tests[ref])}" for ref in refs) + " |")
         for ref, test in tests.items():
             if test is not None and _compared(act, ref):
                 sentences.append(f"{act_label(act)} vs {act_label(ref)}, corrupted top-1 (Total): "
@@ -246,21 +263,24 @@ def early_loss(out: Path, row: Dict) -> Optional[float]:
 
 
 def _early_training(group: Group, out: Path) -> List[str]:
-    """Figs. 3-4 as numbers: each activation's early training loss, mean ± std over seeds, Welch's p vs SiLU/ReLU."""
+    """Figs. 3-4 as numbers: each activation's early training loss, mean ± std over seeds, Welch's p vs the
+    references."""
     values = {act: [v for v in (early_loss(out, r) for r in group.rows if r["act"] == act) if v is not None]
               for act in group.acts}
     values = {act: v for act, v in values.items() if v}
     if not values:
         return []
     first_drop = min(int(str(r["milestones"]).split()[0]) for r in group.rows)
+    refs = _references(group)
+    heads, rules = _p_columns(refs)
     lines = [f"Early training (the paper's Figs. 3-4): mean training loss over the first {first_drop:,} iterations "
              f"(up to the first learning-rate drop; lower = the loss fell faster), mean ± std over seeds.", "",
-             "| activation | n | early training loss | p vs SiLU | p vs ReLU |", "|---|---|---|---|---|"]
+             f"| activation | n | early training loss{heads} |", f"|---|---|---|{rules}"]
     sentences = []
     for act, mine in values.items():
-        tests = {ref: welch_test(mine, values[ref]) if ref in values and ref != act else None for ref in REFERENCES}
-        lines.append(f"| {act_label(act)} | {len(mine)} | {_spread(mean(mine), sample_std(mine), len(mine), 3)} "
-                     f"| {_p(tests['silu'])} | {_p(tests['relu'])} |")
+        tests = {ref: welch_test(mine, values[ref]) if ref in values and ref != act else None for ref in refs}
+        lines.append(f"| {act_label(act)} | {len(mine)} | {_spread(mean(mine), sample_std(mine), len(mine), 3)}"
+                     + "".join(f" | {_p(tests[ref])}" for ref in refs) + " |")
         sentences += [f"{act_label(act)} vs {act_label(ref)}, early training loss: {test.difference:+.3f}, "
                       f"p={_p(test)}: {_verdict(test)}." for ref, test in tests.items()
                       if test is not None and _compared(act, ref)]
@@ -328,7 +348,8 @@ def build_report(out, figures: bool = True) -> Path:
              + ". Test top-1 in %, on the test set, with the weights of the best validation accuracy (10% of the "
                "training set held out), as in the paper.", "",
              f"How to read: n = seeds; CI = 95% Student-t interval of the mean; p = Welch's two-sided t-test of "
-             f"the mean against SiLU / ReLU under the same settings; significant means p < {ALPHA}. With few "
+             f"the mean against each plain activation run under the same settings (SiLU, ReLU; GELU for "
+             f"LA-GELU); significant means p < {ALPHA}. With few "
              f"seeds only large differences can reach significance: a non-significant difference is not "
              f"evidence of no difference, and with many comparisons about 1 in 20 reaches p < 0.05 by chance.",
              ""]
