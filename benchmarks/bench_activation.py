@@ -20,6 +20,9 @@ LayerAct's Python layers: the 'cpu' backend's forward and backward against aten'
 forward and backward ops. Its distance from the main line is what the Python autograd path costs.
 --kernel-flags adds, in the same interleaved measurement, the kernels built with those compiler flags
 appended (a build of its own, cached apart), so two builds are compared in one process.
+For LA-GELU the line also gives the kernels against aten's pair with oneDNN switched off: aten's GELU
+forward then runs ATen's own vectorised erf instead of oneDNN's JIT-compiled GELU (a polynomial fitted
+for absolute error, so it cannot keep the lower tail's relative accuracy that LA-GELU's Phi keeps).
 """
 from __future__ import annotations
 
@@ -119,9 +122,10 @@ def measure(kind: str, x: Tensor, budget: float, repeats: int, compare: bool,
 
 def kernels_alone(kind: str, x: Tensor, budget: float, repeats: int, clock: Callable[[], float],
                   other_flags: Tuple[str, ...] = ()) -> Dict[str, Tuple[float, float, float, float]]:
-    """'fused' (and with other_flags, 'other': the kernels built with those flags appended) -> (median ratio,
-    lowest, highest, median seconds): the 'cpu' backend's forward+backward over aten's element-wise
-    forward+backward ops, each called directly (no autograd, no LayerAct checks); 'aten' -> its own line."""
+    """'fused' (and with other_flags, 'other': the kernels built with those flags appended; for gelu,
+    'aten_own': aten's pair with oneDNN off) -> (median ratio, lowest, highest, median seconds): the 'cpu'
+    backend's forward+backward over aten's element-wise forward+backward ops, each called directly (no autograd,
+    no LayerAct checks); 'aten' -> its own line."""
     xd, grad = x.detach(), torch.randn_like(x)
     forward, backward = ATEN_PAIR[kind]
 
@@ -133,7 +137,17 @@ def kernels_alone(kind: str, x: Tensor, budget: float, repeats: int, clock: Call
         _, mean, rstd = cpu_kernel.forward(xd, None, None, kind, DEFAULT_ALPHA, 1, lib)
         cpu_kernel.backward(grad, xd, mean, rstd, None, None, kind, 1, lib)
 
+    def aten_own() -> None:
+        kept = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = False
+        try:
+            aten()
+        finally:
+            torch.backends.mkldnn.enabled = kept
+
     cases = {"aten": aten, "fused": fused}
+    if kind == "gelu":
+        cases["aten_own"] = aten_own
     if other_flags:
         other = cpu_kernel.library(other_flags)
         cases["other"] = lambda: fused(other)
@@ -240,6 +254,10 @@ def main(argv=None) -> int:
                             o_ratio, o_lo, o_hi, _ = alone["other"]
                             also = (f"; built with {' '.join(other_flags)} added: {o_ratio:.3f}x aten "
                                     f"(range {o_lo:.3f}-{o_hi:.3f})")
+                        if "aten_own" in alone:
+                            a_ratio, a_lo, a_hi, _ = alone["aten_own"]
+                            also += (f"; aten with oneDNN off: {a_ratio:.3f}x aten (range {a_lo:.3f}-{a_hi:.3f}), "
+                                     f"so the kernels are {ratio / a_ratio:.3f}x aten's own erf GELU pair")
                         print(f"{dtype_name} {count} thread{'s' if count > 1 else ''} {LABEL[kind]} "
                               f"{'x'.join(map(str, shape))}, kernels alone (no autograd): {ratio:.3f}x aten "
                               f"{aten_name} (range {lo:.3f}-{hi:.3f}; aten {alone['aten'][3] * 1e3:.3f} ms){also}",

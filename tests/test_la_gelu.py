@@ -372,3 +372,7 @@ def test_the_activation_benchmark_times_la_gelu_beside_nn_gelu(capsys, monkeypat
     assert sum("x aten gelu(approximate='tanh')+gelu_backward(approximate='tanh') (range " in line
                for line in lines) == 2
     assert sum("saved for backward" in line for line in lines) == 4
+    # the erf form is also set against aten's own erf GELU (oneDNN off), and the switch is put back afterwards
+    own = [line for line in lines if "aten with oneDNN off: " in line]
+    assert len(own) == 2 and all("LA-GELU 2x4x6x6, kernels alone" in line for line in own)
+    assert all("x aten's own erf GELU pair" in line for line in own) and torch.backends.mkldnn.enabled
