@@ -32,7 +32,7 @@ import shlex
 import sys
 import time
 from functools import partial
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
