@@ -509,6 +509,28 @@ def test_la_gelu_keeps_its_relative_accuracy_in_the_lower_tail(name, compiled, f
     assert relative.max() < 1e-4
 
 
+def test_la_gelu_in_bfloat16_stays_within_one_step_of_the_exact_value(compiled):
+    # bfloat16 GELU computes Phi to 2.5e-5 (normal_cdf_bf16) instead of 2e-7: every output must still be within one
+    # bfloat16 step (at most 2^-7 relative) of the formula in float64, the lower tail included, and nearly all equal
+    # to float32 arithmetic's result rounded to bfloat16 (99.95% here)
+    bulk = torch.randn(100000, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 0.5
+    x = (torch.cat([bulk, torch.linspace(-11, 11, 2001, dtype=torch.float64)]) * 3 + 1)[None].to(torch.bfloat16)
+    out, mean, rstd = cpu_kernel.forward(x, None, None, "gelu", 1e-5, 1)
+    exact = x.double()
+    var, mu = torch.var_mean(exact, dim=1, keepdim=True, unbiased=False)
+    n = (exact - mu) / torch.sqrt(var + 1e-5)
+    want = exact * 0.5 * torch.special.erfc(-n / math.sqrt(2))
+    assert n.min() < -10.5 and out.dtype == torch.bfloat16
+    nonzero = want != 0
+    relative = ((out.double() - want).abs() / want.abs())[nonzero]
+    assert relative.max() <= 2.0 ** -7
+    in_float32 = cpu_kernel.forward(x.float(), None, None, "gelu", 1e-5, 1)[0].to(torch.bfloat16)
+    assert (out == in_float32).double().mean() > 0.99
+    # built with -DLAYERACT_BF16_FULL_PHI (the benchmarks' comparison), bfloat16 runs float32's Phi: the same results
+    full = cpu_kernel.forward(x, None, None, "gelu", 1e-5, 1, cpu_kernel.library(("-DLAYERACT_BF16_FULL_PHI",)))[0]
+    assert torch.equal(full, in_float32)
+
+
 @pytest.mark.slow
 def test_both_kernels_hold_the_fitted_normal_cdf_polynomial():
     # the C and Triton kernels' Q(t) are tools/fit_normal_cdf.py's output, digit for digit
@@ -523,3 +545,9 @@ def test_both_kernels_hold_the_fitted_normal_cdf_polynomial():
         text = source.read_text()
         for c in coef:
             assert f"{abs(float(c)):.9e}" in text, (source.name, float(c))
+    # and the C kernel's bfloat16 Q, of degree 5 (normal_cdf_bf16)
+    coef, error = fit.fit(5)
+    assert error < 2.5e-5 and fit.float32_error(coef) < 2.5e-5
+    text = (root / "layeract_patch/_kernels/layeract_cpu.c").read_text()
+    for c in coef:
+        assert f"{abs(float(c)):.9e}" in text, float(c)

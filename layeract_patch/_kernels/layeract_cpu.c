@@ -43,6 +43,7 @@
 #define HARDSILU 1
 #define GELU 2              /* s = Phi(z), the standard normal CDF */
 #define GELU_TANH 3         /* s = Phi's tanh form, sigmoid(z (A + B z^2)) */
+#define GELU_BF16 4         /* GELU on bfloat16 data: Phi to bfloat16's precision (normal_cdf_bf16); internal */
 #define F32 0
 #define BF16 1
 #define F16 2
@@ -245,6 +246,35 @@ INLINE float normal_cdf(float z, float *ds) {
     return z < 0.0f ? half_erfc : 1.0f - half_erfc;
 }
 
+/* Phi(z) and Phi'(z) as normal_cdf computes them, to a relative error of 2.5e-5 instead of 2e-7, for bfloat16
+ * data, whose results keep 8 significant bits (a step of up to 2^-7 relative): Q of degree 5 (2.2e-5, from
+ * tools/fit_normal_cdf.py --degree 5) and exp's Taylor polynomial of degree 5 on the reduced argument (2.4e-6).
+ * A result then differs from float32 arithmetic's rounded result in a few values in 10,000, by one bfloat16 step,
+ * so it stays within one step of the exact value, far into the lower tail as before (tests/test_kernels.py).
+ * It saves five of the about 40 vector operations a value costs: LA-GELU's bfloat16 kernels took 7-10% less
+ * time (docs/results/speed/README.md). float16, with 3 more bits, keeps normal_cdf.
+ * Built with -DLAYERACT_BF16_FULL_PHI, bfloat16 uses normal_cdf too (for benchmarks: --kernel-flags). */
+INLINE float normal_cdf_bf16(float z, float *ds) {
+    float a = clamp(z < 0.0f ? -z : z, 0.0f, 12.0f) * 0.70710678118654752f;
+    float t = 1.0f / (1.0f + 0.5f * a);
+    float q = -2.544236183e-02f;
+    q = q * t - 1.556954812e-02f;
+    q = q * t + 1.644954383e-01f;
+    q = q * t + 8.756025881e-02f;
+    q = q * t + 1.484606862e-01f;
+    q = q * t + 1.404846609e-01f;
+    float u = -a * a, k = __builtin_floorf(u * 1.44269504088896341f + 0.5f);
+    float r = u - k * 0.693359375f + k * 2.12194440e-4f;
+    float p = 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    float e = (p * r * r + r + 1.0f) * float_of_bits((uint32_t)((int32_t)k + 127) << 23);
+    float half_erfc = t * q * e;
+    *ds = 0.39894228040143268f * e;
+    return z < 0.0f ? half_erfc : 1.0f - half_erfc;
+}
+
 /* GELU's tanh form: (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3))) / 2 = sigmoid(z (A + B z^2)), A = 2 sqrt(2/pi),
  * B = 0.044715 A, and ds/dz = s (1 - s) (A + 3 B z^2). Beyond |z| = 100, s is 0 or 1 and z^3 would overflow. */
 #define TANH_A 1.5957691216057308f
@@ -265,6 +295,7 @@ INLINE float whole(float slope) { return clamp(slope, 0.0f, 1.0f); }
 /* s(z) and ds/dz of the smooth kinds (SiLU and both GELU forms); the compiler drops ds where it is unused. */
 INLINE float smooth_scale(float z, int kind, float *ds) {
     if (kind == GELU) return normal_cdf(z, ds);
+    if (kind == GELU_BF16) return normal_cdf_bf16(z, ds);
     if (kind == GELU_TANH) return tanh_cdf(z, ds);
     float s = sigmoid(z);
     *ds = s * (1.0f - s);
@@ -426,23 +457,28 @@ INLINE void forward_range_of(const Layout *L, const void *x, void *y, int64_t lo
     }
 }
 
-/* `kind` and `dt` are made constants here, outside the OpenMP bodies that gcc outlines before
- * inlining: a kind known only at run time would make the hot loop compute both scale functions. */
-static void forward_range(const Layout *L, const void *x, void *y, int64_t lo, int64_t hi, float mean, float rstd,
-                          int kind, int dt) {
-#define FORWARD(KIND, DT) forward_range_of(L, x, y, lo, hi, mean, rstd, KIND, DT)
-    if (dt == BF16) {
-        if (kind == SILU) FORWARD(SILU, BF16);
-        else if (kind == HARDSILU) FORWARD(HARDSILU, BF16);
-        else if (kind == GELU) FORWARD(GELU, BF16);
-        else FORWARD(GELU_TANH, BF16);
-    } else {
-        if (kind == SILU) FORWARD(SILU, F32);
-        else if (kind == HARDSILU) FORWARD(HARDSILU, F32);
-        else if (kind == GELU) FORWARD(GELU, F32);
-        else FORWARD(GELU_TANH, F32);
-    }
+/* `kind` is made a constant here, outside the OpenMP bodies that gcc outlines before inlining: a kind
+ * known only at run time would make the hot loop compute every scale function. x and y are float32
+ * (half precision arrives as tiles, see forward_apply). */
+static void forward_range(const Layout *L, const float *x, float *y, int64_t lo, int64_t hi, float mean, float rstd,
+                          int kind) {
+#define FORWARD(KIND) forward_range_of(L, x, y, lo, hi, mean, rstd, KIND, F32)
+    if (kind == SILU) FORWARD(SILU);
+    else if (kind == HARDSILU) FORWARD(HARDSILU);
+    else if (kind == GELU) FORWARD(GELU);
+    else if (kind == GELU_BF16) FORWARD(GELU_BF16);
+    else FORWARD(GELU_TANH);
 #undef FORWARD
+}
+
+/* The kind the loops compute for data of `dtype`: bfloat16's GELU gets its own Phi (normal_cdf_bf16). */
+INLINE int kind_for(int kind, int dtype) {
+#ifdef LAYERACT_BF16_FULL_PHI
+    (void)dtype;
+    return kind;
+#else
+    return kind == GELU && dtype == BF16 ? GELU_BF16 : kind;
+#endif
 }
 
 /* Apply the activation to values [lo, hi) of sample r, in the tensors' own dtype. */
@@ -454,8 +490,7 @@ static void forward_apply(const Layout *L, const void *x, void *y, int64_t r, in
      * vcvtneps2bf16 where the CPU has it). On the Intel Xeon, in a throwaway timing of one sample in cache, the
      * forward of every kind took 15-20% less time than with the conversions inside the activation's loop. */
     if (finite && L->dtype == F32) {
-        forward_range(L, at(x, base + lo, L->dtype), at_mut(y, base + lo, L->dtype), lo, hi, mean, rstd, kind,
-                      L->dtype);
+        forward_range(L, (const float *)x + base + lo, (float *)y + base + lo, lo, hi, mean, rstd, kind);
         return;
     }
     float xt[TILE], yt[TILE];
@@ -463,7 +498,7 @@ static void forward_apply(const Layout *L, const void *x, void *y, int64_t r, in
         int64_t n = MIN(TILE, hi - a);
         if (finite) {
             load_tile(x, base + a, n, xt, L->dtype);
-            forward_range(L, xt, yt, a, a + n, mean, rstd, kind, F32);
+            forward_range(L, xt, yt, a, a + n, mean, rstd, kind_for(kind, L->dtype));
         } else {
             fill_nan(yt, n);
         }
@@ -552,7 +587,7 @@ static void span_sums_in_double(const void *x, const void *g, int64_t n, float r
         if (kind == SILU) {
             double s = 1.0 / (1.0 + exp(-z));
             dz = ld(g, i, dt) * xv * s * (1.0 - s);
-        } else if (kind == GELU) {
+        } else if (kind == GELU || kind == GELU_BF16) {
             dz = ld(g, i, dt) * xv * 0.39894228040143268 * exp(-0.5 * z * z);
         } else if (kind == GELU_TANH) {
             double zc = z < -100.0 ? -100.0 : z > 100.0 ? 100.0 : z;
@@ -694,7 +729,7 @@ static RowSums backward_pass1_kind(const Layout *L, const void *x, const void *g
     if (dt == BF16) {
         if (kind == SILU) return PASS1(SILU, BF16);
         if (kind == HARDSILU) return PASS1(HARDSILU, BF16);
-        if (kind == GELU) return PASS1(GELU, BF16);
+        if (kind == GELU_BF16) return PASS1(GELU_BF16, BF16);
         return PASS1(GELU_TANH, BF16);
     }
     if (kind == SILU) return PASS1(SILU, F32);
@@ -717,7 +752,7 @@ static RowSums backward_pass1(const Layout *L, const void *x, const void *g, flo
     }
     if (L->dtype != F16)
         return backward_pass1_kind(L, at(x, base + lo, L->dtype), at(g, base + lo, L->dtype), t, lo, hi, mean, rstd,
-                                   kind, L->dtype, cs);
+                                   kind_for(kind, L->dtype), L->dtype, cs);
     RowSums sums = {0.0, 0.0};
     float xt[TILE], gt[TILE];
     for (int64_t a = lo; a < hi; a += TILE) {
