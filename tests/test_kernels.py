@@ -510,9 +510,9 @@ def test_la_gelu_keeps_its_relative_accuracy_in_the_lower_tail(name, compiled, f
 
 
 def test_la_gelu_in_bfloat16_stays_within_one_step_of_the_exact_value(compiled):
-    # bfloat16 GELU computes Phi to 2.5e-5 (normal_cdf_bf16) instead of 2e-7: every output must still be within one
-    # bfloat16 step (at most 2^-7 relative) of the formula in float64, the lower tail included, and nearly all equal
-    # to float32 arithmetic's result rounded to bfloat16 (99.95% here)
+    # bfloat16 GELU computes Phi to 2.5e-5 (normal_cdf with bf16 set) instead of 2e-7: every output must still be
+    # within one bfloat16 step (at most 2^-7 relative) of the formula in float64, the lower tail included, and nearly
+    # all equal to float32 arithmetic's result rounded to bfloat16 (99.95% here)
     bulk = torch.randn(100000, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 0.5
     x = (torch.cat([bulk, torch.linspace(-11, 11, 2001, dtype=torch.float64)]) * 3 + 1)[None].to(torch.bfloat16)
     out, mean, rstd = cpu_kernel.forward(x, None, None, "gelu", 1e-5, 1)
@@ -545,7 +545,7 @@ def test_both_kernels_hold_the_fitted_normal_cdf_polynomial():
         text = source.read_text()
         for c in coef:
             assert f"{abs(float(c)):.9e}" in text, (source.name, float(c))
-    # and the C kernel's bfloat16 Q, of degree 5 (normal_cdf_bf16)
+    # and the C kernel's bfloat16 Q, of degree 5 (normal_cdf with bf16 set)
     coef, error = fit.fit(5)
     assert error < 2.5e-5 and fit.float32_error(coef) < 2.5e-5
     text = (root / "layeract_patch/_kernels/layeract_cpu.c").read_text()

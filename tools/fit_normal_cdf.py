@@ -6,7 +6,7 @@ largest relative error: weighted least squares on Chebyshev nodes, reweighted to
 iteration), against mpmath's erfc (installed with torch, through sympy).
 
     .venv/bin/python tools/fit_normal_cdf.py            # the coefficients, highest power first, and the errors
-    .venv/bin/python tools/fit_normal_cdf.py --degree 5 # the C kernel's Q for bfloat16 data (normal_cdf_bf16)
+    .venv/bin/python tools/fit_normal_cdf.py --degree 5 # the C kernel's Q for bfloat16 data (normal_cdf with bf16 set)
 """
 import argparse
 

@@ -43,7 +43,7 @@
 #define HARDSILU 1
 #define GELU 2              /* s = Phi(z), the standard normal CDF */
 #define GELU_TANH 3         /* s = Phi's tanh form, sigmoid(z (A + B z^2)) */
-#define GELU_BF16 4         /* GELU on bfloat16 data: Phi to bfloat16's precision (normal_cdf_bf16); internal */
+#define GELU_BF16 4         /* GELU on bfloat16 data: Phi to bfloat16's precision (see normal_cdf); internal */
 #define F32 0
 #define BF16 1
 #define F16 2
@@ -185,19 +185,30 @@ INLINE void *at_mut(void *p, int64_t i, int dt) { return (char *)p + i * (dt == 
 /* ---------------------------------------------------------------- scalar helpers */
 
 /* exp(t) for t in [-80, 80]: Cephes' expf polynomial on a range-reduced argument, written so
- * the compiler vectorises it (libm's expf would stay scalar without -ffast-math). */
-INLINE float exp_approx(float t) {
+ * the compiler vectorises it (libm's expf would stay scalar without -ffast-math). `coarse` (a
+ * constant where it is used) takes the Taylor polynomial of degree 5 instead: relative error
+ * 2.4e-6 instead of float32's, two multiply-adds fewer (see normal_cdf). */
+INLINE float exp_of(float t, int coarse) {
     float k = __builtin_floorf(t * 1.44269504088896341f + 0.5f);
-    float r = t - k * 0.693359375f + k * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
+    float r = t - k * 0.693359375f + k * 2.12194440e-4f, p;
+    if (coarse) {
+        p = 1.0f / 120.0f;
+        p = p * r + 1.0f / 24.0f;
+        p = p * r + 1.0f / 6.0f;
+        p = p * r + 0.5f;
+    } else {
+        p = 1.9875691500e-4f;
+        p = p * r + 1.3981999507e-3f;
+        p = p * r + 8.3334519073e-3f;
+        p = p * r + 4.1665795894e-2f;
+        p = p * r + 1.6666665459e-1f;
+        p = p * r + 5.0000001201e-1f;
+    }
     p = p * r * r + r + 1.0f;
     return p * float_of_bits((uint32_t)((int32_t)k + 127) << 23);
 }
+
+INLINE float exp_approx(float t) { return exp_of(t, 0); }
 
 /* Whether v is finite, read from its bits: -ffinite-math-only lets the compiler fold isfinite() away. */
 static int finite_bits(float v) {
@@ -227,51 +238,39 @@ INLINE float sigmoid(float z) {
  * cancel; erfc(-a) = 2 - erfc(a). *ds = Phi'(z) = e / sqrt(2 pi) reuses e: backward pays one exp, as
  * SiLU's does (Numerical Recipes' erfcc, used before, hides e inside exp(-a^2 + P(t)) and needed a
  * second exp for the density). |z| is capped at 12 (Phi(-12) = 2e-33) to keep exp's argument in range.
- * Q is tools/fit_normal_cdf.py's output (tests/test_kernels.py checks that the code holds it). */
-INLINE float normal_cdf(float z, float *ds) {
+ * Q is tools/fit_normal_cdf.py's output (tests/test_kernels.py checks that the code holds it).
+ *
+ * `bf16` (a constant where it is used) computes Phi to bfloat16's precision instead, for bfloat16 data,
+ * whose results keep 8 significant bits (a step of up to 2^-7 relative): Q of degree 5 (relative error
+ * 2.2e-5, tools/fit_normal_cdf.py --degree 5) and exp's coarse polynomial (2.4e-6). A result then differs
+ * from float32 arithmetic's rounded one in a few values in 10,000, by one bfloat16 step, so it stays within
+ * one step of the exact value, far into the lower tail as before (tests/test_kernels.py). It saves five of
+ * the about 40 vector operations a value costs: LA-GELU's bfloat16 kernels took 7-10% less time
+ * (docs/results/speed/README.md). float16, with 3 more bits, keeps the float32 Phi. */
+INLINE float normal_cdf(float z, float *ds, int bf16) {
     float a = clamp(z < 0.0f ? -z : z, 0.0f, 12.0f) * 0.70710678118654752f;
-    float t = 1.0f / (1.0f + 0.5f * a);
-    float q = -2.914332785e-02f;
-    q = q * t + 1.403630525e-01f;
-    q = q * t - 2.395766079e-01f;
-    q = q * t + 1.343787760e-01f;
-    q = q * t - 1.006373577e-02f;
-    q = q * t + 9.994714707e-02f;
-    q = q * t + 1.219113767e-01f;
-    q = q * t + 1.411371231e-01f;
-    q = q * t + 1.410461664e-01f;
-    float e = exp_approx(-a * a);
+    float t = 1.0f / (1.0f + 0.5f * a), q;
+    if (bf16) {
+        q = -2.544236183e-02f;
+        q = q * t - 1.556954812e-02f;
+        q = q * t + 1.644954383e-01f;
+        q = q * t + 8.756025881e-02f;
+        q = q * t + 1.484606862e-01f;
+        q = q * t + 1.404846609e-01f;
+    } else {
+        q = -2.914332785e-02f;
+        q = q * t + 1.403630525e-01f;
+        q = q * t - 2.395766079e-01f;
+        q = q * t + 1.343787760e-01f;
+        q = q * t - 1.006373577e-02f;
+        q = q * t + 9.994714707e-02f;
+        q = q * t + 1.219113767e-01f;
+        q = q * t + 1.411371231e-01f;
+        q = q * t + 1.410461664e-01f;
+    }
+    float e = exp_of(-a * a, bf16);
     float half_erfc = t * q * e;
     *ds = 0.39894228040143268f * e;  /* exp(-z^2 / 2) / sqrt(2 pi) */
-    return z < 0.0f ? half_erfc : 1.0f - half_erfc;
-}
-
-/* Phi(z) and Phi'(z) as normal_cdf computes them, to a relative error of 2.5e-5 instead of 2e-7, for bfloat16
- * data, whose results keep 8 significant bits (a step of up to 2^-7 relative): Q of degree 5 (2.2e-5, from
- * tools/fit_normal_cdf.py --degree 5) and exp's Taylor polynomial of degree 5 on the reduced argument (2.4e-6).
- * A result then differs from float32 arithmetic's rounded result in a few values in 10,000, by one bfloat16 step,
- * so it stays within one step of the exact value, far into the lower tail as before (tests/test_kernels.py).
- * It saves five of the about 40 vector operations a value costs: LA-GELU's bfloat16 kernels took 7-10% less
- * time (docs/results/speed/README.md). float16, with 3 more bits, keeps normal_cdf.
- * Built with -DLAYERACT_BF16_FULL_PHI, bfloat16 uses normal_cdf too (for benchmarks: --kernel-flags). */
-INLINE float normal_cdf_bf16(float z, float *ds) {
-    float a = clamp(z < 0.0f ? -z : z, 0.0f, 12.0f) * 0.70710678118654752f;
-    float t = 1.0f / (1.0f + 0.5f * a);
-    float q = -2.544236183e-02f;
-    q = q * t - 1.556954812e-02f;
-    q = q * t + 1.644954383e-01f;
-    q = q * t + 8.756025881e-02f;
-    q = q * t + 1.484606862e-01f;
-    q = q * t + 1.404846609e-01f;
-    float u = -a * a, k = __builtin_floorf(u * 1.44269504088896341f + 0.5f);
-    float r = u - k * 0.693359375f + k * 2.12194440e-4f;
-    float p = 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    float e = (p * r * r + r + 1.0f) * float_of_bits((uint32_t)((int32_t)k + 127) << 23);
-    float half_erfc = t * q * e;
-    *ds = 0.39894228040143268f * e;
     return z < 0.0f ? half_erfc : 1.0f - half_erfc;
 }
 
@@ -294,8 +293,7 @@ INLINE float whole(float slope) { return clamp(slope, 0.0f, 1.0f); }
 
 /* s(z) and ds/dz of the smooth kinds (SiLU and both GELU forms); the compiler drops ds where it is unused. */
 INLINE float smooth_scale(float z, int kind, float *ds) {
-    if (kind == GELU) return normal_cdf(z, ds);
-    if (kind == GELU_BF16) return normal_cdf_bf16(z, ds);
+    if (kind == GELU || kind == GELU_BF16) return normal_cdf(z, ds, kind == GELU_BF16);
     if (kind == GELU_TANH) return tanh_cdf(z, ds);
     float s = sigmoid(z);
     *ds = s * (1.0f - s);
@@ -471,7 +469,8 @@ static void forward_range(const Layout *L, const float *x, float *y, int64_t lo,
 #undef FORWARD
 }
 
-/* The kind the loops compute for data of `dtype`: bfloat16's GELU gets its own Phi (normal_cdf_bf16). */
+/* The kind the loops compute for data of `dtype`: bfloat16's GELU gets its own Phi (see normal_cdf).
+ * Built with -DLAYERACT_BF16_FULL_PHI, bfloat16 uses float32's (for benchmarks: --kernel-flags). */
 INLINE int kind_for(int kind, int dtype) {
 #ifdef LAYERACT_BF16_FULL_PHI
     (void)dtype;
