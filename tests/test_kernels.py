@@ -526,9 +526,15 @@ def test_la_gelu_in_bfloat16_stays_within_one_step_of_the_exact_value(compiled):
     assert relative.max() <= 2.0 ** -7
     in_float32 = cpu_kernel.forward(x.float(), None, None, "gelu", 1e-5, 1)[0].to(torch.bfloat16)
     assert (out == in_float32).double().mean() > 0.99
-    # built with -DLAYERACT_BF16_FULL_PHI (the benchmarks' comparison), bfloat16 runs float32's Phi: the same results
-    full = cpu_kernel.forward(x, None, None, "gelu", 1e-5, 1, cpu_kernel.library(("-DLAYERACT_BF16_FULL_PHI",)))[0]
+    # built with -DLAYERACT_BF16_FULL_PHI (the benchmarks' comparison), bfloat16 runs float32's Phi: the same results,
+    # forward and backward
+    lib = cpu_kernel.library(("-DLAYERACT_BF16_FULL_PHI",))
+    full, mean, rstd = cpu_kernel.forward(x, None, None, "gelu", 1e-5, 1, lib)
     assert torch.equal(full, in_float32)
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    _, mean32, rstd32 = cpu_kernel.forward(x.float(), None, None, "gelu", 1e-5, 1)
+    dx32 = cpu_kernel.backward(g.float(), x.float(), mean32, rstd32, None, None, "gelu", 1)[0]
+    assert torch.equal(cpu_kernel.backward(g, x, mean, rstd, None, None, "gelu", 1, lib)[0], dx32.to(torch.bfloat16))
 
 
 @pytest.mark.slow

@@ -728,6 +728,7 @@ static RowSums backward_pass1_kind(const Layout *L, const void *x, const void *g
     if (dt == BF16) {
         if (kind == SILU) return PASS1(SILU, BF16);
         if (kind == HARDSILU) return PASS1(HARDSILU, BF16);
+        if (kind == GELU) return PASS1(GELU, BF16);  /* built with LAYERACT_BF16_FULL_PHI (see kind_for) */
         if (kind == GELU_BF16) return PASS1(GELU_BF16, BF16);
         return PASS1(GELU_TANH, BF16);
     }
