@@ -245,7 +245,7 @@ INLINE float sigmoid(float z) {
  * 2.2e-5, tools/fit_normal_cdf.py --degree 5) and exp's coarse polynomial (2.4e-6). A result then differs
  * from float32 arithmetic's rounded one in a few values in 10,000, by one bfloat16 step, so it stays within
  * one step of the exact value, far into the lower tail as before (tests/test_kernels.py). It saves five of
- * the about 40 vector operations a value costs: LA-GELU's bfloat16 kernels took 7-10% less time
+ * the about 40 vector operations a value costs: LA-GELU's bfloat16 kernels took 4-8% less time
  * (docs/results/speed/README.md). float16, with 3 more bits, keeps the float32 Phi. */
 INLINE float normal_cdf(float z, float *ds, int bf16) {
     float a = clamp(z < 0.0f ? -z : z, 0.0f, 12.0f) * 0.70710678118654752f;
