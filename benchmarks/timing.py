@@ -46,19 +46,26 @@ def interleaved_medians(cases: Dict[str, Callable[[], object]], rounds: int, war
 
 def repeated_ratios(cases: Dict[str, Callable[[], object]], baseline: str, rounds: int, repeats: int,
                     sync: Optional[Callable[[], None]] = None,
-                    clock: Callable[[], float] = time.perf_counter) -> Dict[str, Tuple[float, float, float, float]]:
+                    clock: Callable[[], float] = time.perf_counter,
+                    against: Optional[Dict[str, str]] = None) -> Dict[str, Tuple[float, float, float, float]]:
     """name -> (median ratio to `baseline`, lowest, highest, median seconds) over `repeats` repetitions.
 
     Each repetition is one `interleaved_medians` measurement (with its own shuffle order), so the
-    range says how far one repetition's ratio can stray on this machine.
+    range says how far one repetition's ratio can stray on this machine. `against` gives cases a
+    baseline of their own (case -> baseline case): their ratio is taken within each repetition, as
+    the others' are; dividing two cases' median ratios would pair up different repetitions.
     """
+    against = against or {}
+    unknown = sorted(set(against) - set(cases) | set(against.values()) - set(cases) | {baseline} - set(cases))
+    if unknown:
+        raise ValueError(f"repeated_ratios: {unknown} are not among the cases {sorted(cases)}")
     ratios: Dict[str, List[float]] = {name: [] for name in cases}
     seconds: Dict[str, List[float]] = {name: [] for name in cases}
     for repeat in range(repeats):
         times = interleaved_medians(cases, rounds, warmup=1 if repeat == 0 else 0, sync=sync, seed=repeat,
                                     clock=clock)
         for name, value in times.items():
-            ratios[name].append(value / times[baseline])
+            ratios[name].append(value / times[against.get(name, baseline)])
             seconds[name].append(value)
     return {name: (statistics.median(r), min(r), max(r), statistics.median(seconds[name]))
             for name, r in ratios.items()}

@@ -302,6 +302,7 @@ def test_benchmarks_print_one_line_per_figure(compiled):
     stdout = _run_benchmark("bench_resnet_step.py", "--depth", "8", "--batch", "4", "--budget", "0.1",
                             "--precision", "bf16", "--threads", "1")
     assert "bf16 step LA-SiLU, 'cpu' kernel:" in stdout and "target <= 1.2x" in stdout, stdout
+    assert "bf16 step LA-HardSiLU, 'cpu' kernel: " in stdout and "x Hardswish (range " in stdout, stdout
 
 
 @pytest.mark.slow
