@@ -117,7 +117,7 @@ def main(argv=None) -> int:
           f"ratio to the compiled {base} step, median (lowest-highest)")
     for name, (ratio, lo, hi, seconds) in results.items():
         mark = f"  (target <= {TARGET}x)" if name == "LA-SiLU, compiled" else ""
-        print(f"  {name:22s} {seconds * 1e3:7.1f} ms  {ratio:.2f}x ({lo:.2f}-{hi:.2f}){mark}")
+        print(f"  {name:22s} {seconds * 1e3:7.1f} ms  {ratio:.3f}x ({lo:.3f}-{hi:.3f}){mark}")
     return 0
 
 
