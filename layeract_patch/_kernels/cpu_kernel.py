@@ -41,9 +41,10 @@ SOURCE = Path(__file__).with_name("layeract_cpu.c")
 DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # the element types the C code reads
 # Fast-math pieces that let the compiler vectorise sums and clamps (the C source handles NaN and
 # inf itself), without -ffast-math itself: on gcc < 13 that links crtfastmath.o, which would
-# switch the whole process to flush-denormals-to-zero.
+# switch the whole process to flush-denormals-to-zero. -funroll-loops: on an Intel Xeon the kernels alone took
+# up to 7% less time, in 23 of the 24 kinds, dtypes and shapes measured (docs/results/speed).
 _BASE_FLAGS = ["-O3", "-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
-               "-fassociative-math", "-ffinite-math-only"]
+               "-fassociative-math", "-ffinite-math-only", "-funroll-loops"]
 # Tried in order; the last resorts give a portable or single-threaded build rather than none.
 _OPTIONAL_FLAGS = (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], [])
 # gcc and clang tune Intel's AVX-512 cores (Skylake-SP to Sapphire Rapids) to vectorise with 256-bit registers only
