@@ -56,7 +56,7 @@ def repeated_ratios(cases: Dict[str, Callable[[], object]], baseline: str, round
     the others' are; dividing two cases' median ratios would pair up different repetitions.
     """
     against = against or {}
-    unknown = sorted(set(against) - set(cases) | set(against.values()) - set(cases) | {baseline} - set(cases))
+    unknown = sorted((set(against) | set(against.values()) | {baseline}) - set(cases))
     if unknown:
         raise ValueError(f"repeated_ratios: {unknown} are not among the cases {sorted(cases)}")
     ratios: Dict[str, List[float]] = {name: [] for name in cases}
